@@ -1,0 +1,34 @@
+"""The `isthmus` command line. Each area registers its own commands (see `_COMMAND_MODULES`).
+
+A command module exposes `register(app: typer.Typer) -> None` and keeps heavy imports
+(ray, torch, cvxpy, tritonclient) inside the command functions so `isthmus --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    name="isthmus",
+    help="Plan and run DNN inference across cloud regions and edge devices at the lowest cost "
+    "that meets every service's latency SLO and accuracy floor.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+_COMMAND_MODULES = [
+    "isthmus.optimizer.commands",
+]
+
+for _name in _COMMAND_MODULES:
+    importlib.import_module(_name).register(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""isthmus.edge_agent"""

@@ -1,0 +1,376 @@
+"""Spec v1 (YAML in) and Plan (JSON out): the contracts of shared/DESIGN.md.
+
+`load_spec(path)` parses and validates a spec; every problem comes back in one `SpecError`
+whose lines name the YAML path of the bad field and say how to fix it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+__all__ = [
+    "Device", "InstanceType", "Region", "EdgeSite", "Link", "DataVersion", "Source", "SplitPoint",
+    "ModelVersion", "Model", "Service", "Spec", "SpecError", "load_spec", "parse_spec",
+    "PlanRoute", "PlanInstance", "PlanService", "SolverInfo", "Plan", "load_plan",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+def _non_negative(value: float, fix: str) -> float:
+    if value < 0:
+        raise ValueError(f"is {value}, must be >= 0. To fix: {fix}")
+    return value
+
+
+class Device(_Strict):
+    kind: Literal["cpu", "gpu"] = Field(description="Processor class of this device kind.")
+    tflops: float = Field(gt=0, description="Peak dense FP32 TFLOPS (declared).")
+    mem_gb: float = Field(gt=0, description="Device memory in GB.")
+    mem_bw_gbps: float | None = Field(None, gt=0, description="Memory bandwidth in GB/s (roofline scaling).")
+
+
+class InstanceType(_Strict):
+    name: str = Field(description="Provider's instance type name, e.g. g4dn.xlarge.")
+    device: str = Field(description="Device kind (a key of `devices`) this instance runs models on.")
+    price_per_hour: float = Field(description="On-demand price in $/h.")
+    max_count: int = Field(ge=0, description="Quota: most instances of this type in this region.")
+    devices_per_instance: int = Field(1, ge=1, description="Devices of that kind in one instance.")
+
+    @field_validator("price_per_hour")
+    @classmethod
+    def _price(cls, v: float) -> float:
+        return _non_negative(v, "give the on-demand $/h price (0 for owned hardware)")
+
+
+class Region(_Strict):
+    name: str = Field(description="Isthmus's name for this cloud site.")
+    cloud_region: str | None = Field(None, description="Provider region name, for Terraform.")
+    instance_types: list[InstanceType] = Field(default_factory=list)
+
+
+class EdgeSite(_Strict):
+    name: str = Field(description="Name of the edge site (a place for links and sources).")
+    device: str = Field(description="Device kind of the site's devices.")
+    count: int = Field(1, ge=0, description="Number of devices at the site.")
+
+
+class Link(_Strict):
+    src: str = Field(description="A place: region, edge site or source location.")
+    dst: str = Field(description="The other place (links are undirected).")
+    rtt_ms: float = Field(description="Round-trip time in ms.")
+    bandwidth_mbps: float = Field(description="Bandwidth in Mbit/s.")
+    egress_per_gb: float = Field(0.0, description="$ per GB sent over this link.")
+
+    @field_validator("rtt_ms", "egress_per_gb")
+    @classmethod
+    def _non_negative(cls, v: float) -> float:
+        return _non_negative(v, "use a value >= 0")
+
+    @field_validator("bandwidth_mbps")
+    @classmethod
+    def _positive_bw(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError(f"is {v}, must be > 0. To fix: give the link's bandwidth in Mbit/s, or remove the link")
+        return v
+
+
+class DataVersion(_Strict):
+    name: str
+    bytes: int = Field(description="Bytes of one request in this encoding.")
+    accuracy_delta: float = Field(0.0, le=0.0, description="Accuracy change this encoding causes (<= 0).")
+
+    @field_validator("bytes")
+    @classmethod
+    def _bytes(cls, v: int) -> int:
+        if v <= 0:
+            raise ValueError(f"is {v}, must be > 0. To fix: give the encoded size of one request in bytes")
+        return v
+
+
+class Source(_Strict):
+    name: str
+    location: str = Field(description="A region or an edge site where requests originate.")
+    rate_rps: float = Field(description="Mean request rate in requests/s.")
+    data_versions: list[DataVersion] = Field(min_length=1)
+
+    @field_validator("rate_rps")
+    @classmethod
+    def _rate(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError(f"is {v}, must be > 0. To fix: give the source's request rate, or remove the source")
+        return v
+
+
+class SplitPoint(_Strict):
+    """An edge/cloud split of a model version (filled by the partitioner for zoo models).
+
+    Layers <= `split` (and exit branch `exit`, if any) run on the source's edge device; the rest
+    runs at a cloud site. A split with no `tail_ms` is a device-only route (the exit ends there).
+    """
+
+    split: int = Field(ge=0, description="Index of the last layer run on the edge device.")
+    exit: int | None = Field(None, ge=0, description="Early exit taken (None: the final classifier).")
+    head_ms: dict[str, float] = Field(description="Head latency per edge device kind, ms.")
+    activation_bytes: int = Field(ge=0, description="Bytes sent from device to cloud at this split.")
+    tail_ms: dict[str, float] = Field(default_factory=dict, description="Tail latency per cloud device kind, ms.")
+    accuracy: float | None = Field(None, ge=0, le=1, description="Accuracy at this exit (default: the version's).")
+
+
+class ModelVersion(_Strict):
+    name: str
+    accuracy: float = Field(ge=0, le=1)
+    latency_ms: dict[str, float] = Field(default_factory=dict, description="Per-request latency per device kind.")
+    capacity_rps: dict[str, float] = Field(default_factory=dict, description="Sustained rps of one instance.")
+    splits: list[SplitPoint] = Field(default_factory=list, description="Edge/cloud split candidates.")
+
+    @field_validator("latency_ms", "capacity_rps")
+    @classmethod
+    def _positive_values(cls, v: dict[str, float]) -> dict[str, float]:
+        for device, value in v.items():
+            if value <= 0:
+                raise ValueError(f"{device}: {value} must be > 0. To fix: give a positive number or drop the device")
+        return v
+
+    def capacity(self, device: str) -> float:
+        """Sustained rps of one instance on `device`: given, else 1000 / latency_ms."""
+        return self.capacity_rps.get(device, 1000.0 / self.latency_ms[device])
+
+
+class Model(_Strict):
+    name: str
+    zoo: str | None = Field(None, description="Zoo model name, so profiles and partitions are measured.")
+    versions: list[ModelVersion] = Field(min_length=1)
+
+
+class Service(_Strict):
+    name: str
+    source: str
+    model: str
+    slo_ms: float = Field(gt=0, description="Latency SLO per request, ms.")
+    min_accuracy: float = Field(0.0, ge=0, le=1, description="Request-weighted accuracy floor.")
+
+
+class Spec(_Strict):
+    name: str
+    regions: list[Region] = Field(default_factory=list)
+    edge_sites: list[EdgeSite] = Field(default_factory=list)
+    devices: dict[str, Device] = Field(default_factory=dict)
+    links: list[Link] = Field(default_factory=list)
+    sources: list[Source] = Field(default_factory=list)
+    models: list[Model] = Field(default_factory=list)
+    services: list[Service] = Field(default_factory=list)
+
+    def place_names(self) -> list[str]:
+        """Every place a link may name: regions, edge sites and source locations."""
+        names = [r.name for r in self.regions] + [e.name for e in self.edge_sites]
+        return names + [s.location for s in self.sources if s.location not in names]
+
+    def source(self, name: str) -> Source:
+        return next(s for s in self.sources if s.name == name)
+
+    def model(self, name: str) -> Model:
+        return next(m for m in self.models if m.name == name)
+
+
+class SpecError(ValueError):
+    """A spec that cannot be planned. `problems` holds (yaml_path, message) pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]], origin: str = "spec"):
+        self.problems = problems
+        self.origin = origin
+        lines = [f"{origin}: {len(problems)} problem(s)"] + [f"  {path}: {msg}" for path, msg in problems]
+        super().__init__("\n".join(lines))
+
+
+def _yaml_path(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "(top level)"
+
+
+def _pydantic_problems(err: ValidationError) -> list[tuple[str, str]]:
+    problems = []
+    for e in err.errors():
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field. To fix: remove it or check its spelling against shared/DESIGN.md Spec v1"
+        elif e["type"] == "missing":
+            msg = "required field is missing. To fix: add it"
+        elif "input" in e and "is " not in msg:
+            msg = f"{msg} (got {e['input']!r})"
+        problems.append((_yaml_path(e["loc"]), msg))
+    return problems
+
+
+def _duplicates(items: list[Any], path: str) -> list[tuple[str, str]]:
+    seen: dict[str, int] = {}
+    problems = []
+    for i, item in enumerate(items):
+        if item.name in seen:
+            problems.append((f"{path}[{i}].name", f"duplicate name {item.name!r} (also at {path}[{seen[item.name]}]). "
+                             "To fix: give every entry a unique name"))
+        seen.setdefault(item.name, i)
+    return problems
+
+
+def _unknown(kind: str, value: str, known: list[str]) -> str:
+    return f"unknown {kind} {value!r}. To fix: use one of {sorted(set(known))}"
+
+
+def _reference_problems(spec: Spec) -> list[tuple[str, str]]:
+    """Cross-reference checks pydantic cannot do field by field."""
+    p: list[tuple[str, str]] = []
+    for path, items in [("regions", spec.regions), ("edge_sites", spec.edge_sites), ("sources", spec.sources),
+                        ("models", spec.models), ("services", spec.services)]:
+        p += _duplicates(items, path)
+    sites = [r.name for r in spec.regions] + [e.name for e in spec.edge_sites]
+    for name in set(r.name for r in spec.regions) & set(e.name for e in spec.edge_sites):
+        p.append(("edge_sites", f"{name!r} names both a region and an edge site. To fix: rename one"))
+    devices = list(spec.devices)
+    for i, region in enumerate(spec.regions):
+        p += _duplicates(region.instance_types, f"regions[{i}].instance_types")
+        for k, it in enumerate(region.instance_types):
+            if it.device not in spec.devices:
+                p.append((f"regions[{i}].instance_types[{k}].device", _unknown("device kind", it.device, devices)
+                          + " or declare it under `devices`"))
+    for i, site in enumerate(spec.edge_sites):
+        if site.device not in spec.devices:
+            p.append((f"edge_sites[{i}].device", _unknown("device kind", site.device, devices)
+                      + " or declare it under `devices`"))
+    places = spec.place_names()
+    for i, link in enumerate(spec.links):
+        for end in ("src", "dst"):
+            if getattr(link, end) not in places:
+                p.append((f"links[{i}].{end}", _unknown("place", getattr(link, end), places)))
+        if link.src == link.dst:
+            p.append((f"links[{i}]", f"links {link.src!r} to itself. To fix: remove it (a place reaches itself "
+                      "with 0 ms and unlimited bandwidth)"))
+    for i, source in enumerate(spec.sources):
+        p += _duplicates(source.data_versions, f"sources[{i}].data_versions")
+        if source.location not in sites and not any(source.location in (l.src, l.dst) for l in spec.links):
+            p.append((f"sources[{i}].location", f"{source.location!r} is neither a region, an edge site nor the end "
+                      f"of any link. To fix: use one of {sorted(sites)} or add a link from it"))
+    for i, model in enumerate(spec.models):
+        p += _duplicates(model.versions, f"models[{i}].versions")
+        for k, version in enumerate(model.versions):
+            path = f"models[{i}].versions[{k}]"
+            if not version.latency_ms and not model.zoo:
+                p.append((f"{path}.latency_ms", "no latency for any device, so this version cannot run anywhere. "
+                          "To fix: add latency_ms: {<device kind>: <ms>} or set the model's `zoo` to profile it"))
+            for field in ("latency_ms", "capacity_rps"):
+                for device in getattr(version, field):
+                    if device not in spec.devices:
+                        p.append((f"{path}.{field}.{device}", _unknown("device kind", device, devices)))
+            for device in version.capacity_rps:
+                if device not in version.latency_ms:
+                    p.append((f"{path}.capacity_rps.{device}", f"capacity without latency_ms for {device!r}. "
+                              "To fix: add latency_ms for it too"))
+    source_names = [s.name for s in spec.sources]
+    model_names = [m.name for m in spec.models]
+    for i, service in enumerate(spec.services):
+        if service.source not in source_names:
+            p.append((f"services[{i}].source", _unknown("source", service.source, source_names)))
+        if service.model not in model_names:
+            p.append((f"services[{i}].model", _unknown("model", service.model, model_names)))
+    return p
+
+
+def parse_spec(data: Any, origin: str = "spec") -> Spec:
+    """Validate a parsed YAML/JSON document as a Spec; raise SpecError listing every problem."""
+    if not isinstance(data, dict):
+        raise SpecError([("(top level)", f"expected a mapping, got {type(data).__name__}. "
+                          "To fix: start from examples/geo-3-regions.yaml")], origin)
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(_pydantic_problems(err), origin) from None
+    problems = _reference_problems(spec)
+    if problems:
+        raise SpecError(problems, origin)
+    return spec
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate a spec YAML file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise SpecError([("(file)", f"cannot read: {err.strerror}. To fix: check the path")], str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
+        raise SpecError([(where, f"not valid YAML: {getattr(err, 'problem', err)}")], str(path)) from None
+    return parse_spec(data, str(path))
+
+
+# ---------------------------------------------------------------- Plan
+
+class PlanRoute(_Strict):
+    service: str
+    fraction: float
+    data_version: str
+    model_version: str
+    site: str
+    instance_type: str | None
+    split: int | None = None
+    exit: int | None = None
+    latency_ms: float
+    accuracy: float
+
+
+class PlanInstance(_Strict):
+    site: str
+    instance_type: str
+    model_version: str = Field(description="`<model>/<version>`")
+    count: int
+
+
+class PlanService(_Strict):
+    name: str
+    latency_ms_max: float
+    accuracy: float
+
+
+class SolverInfo(_Strict):
+    method: str
+    status: str
+    seconds: float
+    build_s: float | None = None
+    compile_s: float | None = None
+    solve_s: float | None = None
+    routes: int | None = None
+
+
+class Plan(_Strict):
+    spec: str
+    feasible: bool
+    cost_per_hour: float
+    compute_cost_per_hour: float
+    egress_cost_per_hour: float
+    lower_bound_per_hour: float
+    solver: SolverInfo
+    routes: list[PlanRoute]
+    instances: list[PlanInstance]
+    services: list[PlanService]
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read a Plan JSON file (as written by `isthmus plan SPEC --json`)."""
+    path = Path(path)
+    try:
+        return Plan.model_validate_json(path.read_text())
+    except OSError as err:
+        raise SpecError([("(file)", f"cannot read: {err.strerror}. To fix: check the path")], str(path)) from None
+    except ValidationError as err:
+        raise SpecError(_pydantic_problems(err), str(path)) from None
