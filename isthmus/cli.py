@@ -22,6 +22,13 @@ _COMMAND_MODULES = [
     "isthmus.optimizer.commands",
 ]
 
+
+
+@app.callback()
+def _root() -> None:
+    """Isthmus: one spec in, the cheapest plan that meets every SLO out, then run it."""
+
+
 for _name in _COMMAND_MODULES:
     importlib.import_module(_name).register(app)
 
