@@ -19,6 +19,7 @@ app = typer.Typer(
 )
 
 _COMMAND_MODULES = [
+    "isthmus.platform.certs_commands",
     "isthmus.optimizer.commands",
 ]
 
