@@ -449,6 +449,18 @@ class TritonServer:
             self.restarts += 1
             self.start(timeout_s)
 
+    def model_metrics(self, timeout_s: float = 2.0) -> dict[str, dict[str, float]]:
+        """Per-model figures from Triton's Prometheus endpoint (summary quantiles over its recent window).
+
+        Keys: `requests`, `failures`, `inferences`, `executions`, `pending` (the queue now),
+        `latency_ms_p50`/`p99` (request, server side), `queue_ms_p50`/`p99`, `compute_ms_p50`,
+        and `mean_batch_size` = inferences / executions.
+        """
+        import urllib.request
+
+        with urllib.request.urlopen(self.metrics_url, timeout=timeout_s) as response:  # noqa: S310 - 127.0.0.1
+            return _parse_metrics(response.read().decode())
+
     def __enter__(self) -> TritonServer:
         self.start()
         return self
@@ -461,6 +473,49 @@ class TritonServer:
             self.stop(timeout_s=5)
         except Exception:  # noqa: BLE001
             pass
+
+
+_METRIC_KEYS = {  # (prometheus name, quantile or None) -> our key; durations are in microseconds
+    ("nv_inference_request_success", None): "requests",
+    ("nv_inference_count", None): "inferences",
+    ("nv_inference_exec_count", None): "executions",
+    ("nv_inference_pending_request_count", None): "pending",
+    ("nv_inference_request_summary_us", "0.5"): "latency_ms_p50",
+    ("nv_inference_request_summary_us", "0.99"): "latency_ms_p99",
+    ("nv_inference_queue_summary_us", "0.5"): "queue_ms_p50",
+    ("nv_inference_queue_summary_us", "0.99"): "queue_ms_p99",
+    ("nv_inference_compute_infer_summary_us", "0.5"): "compute_ms_p50",
+}
+
+
+def _parse_metrics(text: str) -> dict[str, dict[str, float]]:
+    """Parse Triton's Prometheus text into {model: {key: value}} (see TritonServer.model_metrics)."""
+    out: dict[str, dict[str, float]] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#") or "{" not in line:
+            continue
+        name, rest = line.split("{", 1)
+        labels_text, _, value_text = rest.rpartition("}")
+        labels = dict(part.split("=", 1) for part in labels_text.split(",") if "=" in part)
+        labels = {k: v.strip('"') for k, v in labels.items()}
+        model = labels.get("model")
+        if model is None:
+            continue
+        entry = out.setdefault(model, {"failures": 0.0})
+        if name == "nv_inference_request_failure":
+            entry["failures"] += float(value_text)
+            continue
+        key = _METRIC_KEYS.get((name, labels.get("quantile")))
+        if key is None:
+            continue
+        value = float(value_text)
+        if value != value:  # NaN: an empty summary window
+            value = 0.0
+        entry[key] = value / 1000.0 if key.endswith("_ms_p50") or key.endswith("_ms_p99") else value
+    for entry in out.values():
+        executions = entry.get("executions", 0.0)
+        entry["mean_batch_size"] = entry.get("inferences", 0.0) / executions if executions else 0.0
+    return out
 
 
 def _kill_group(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
