@@ -1,0 +1,374 @@
+"""Op graphs: the DAG a placement places, from torch.fx (zoo models) or generated (synthetic tests).
+
+Each op i carries FLOPs `flops[i]`, parameter bytes, bytes read (`in_bytes`) and written
+(`out_bytes`), and `host_ms[i]`, its latency measured on this machine's CPU. Its latency on a
+device kind k is the roofline scaling of the measurement:
+
+    t_k(i) = host_ms(i) · max(F_i / P_k, B_i / W_k) / max(F_i / P_h, B_i / W_h) + launch_k
+
+with F_i FLOPs, B_i = in + out + param bytes, P peak FLOP/s, W memory bandwidth, h the host
+CPU (so the measured efficiency of the op carries over to the other device).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from isthmus.placement.devices import DeviceKind, DeviceSet, host_kind
+
+__all__ = ["OpGraph", "synthetic_graph", "from_module", "from_zoo", "coarsen"]
+
+# Ops without parameters whose work is about one FLOP per output element; fused into their producer.
+_CHEAP_KINDS = {"relu", "relu_", "ReLU", "BatchNorm2d", "BatchNorm1d", "Dropout", "flatten", "Flatten", "view",
+                "reshape", "getitem", "dropout", "Identity", "sigmoid", "tanh", "Sigmoid", "Tanh", "contiguous",
+                "size", "squeeze", "unsqueeze", "permute", "transpose"}
+
+
+@dataclass
+class OpGraph:
+    """A DAG of ops in topological order (`edges` are (producer, consumer) index pairs, producer < consumer)."""
+
+    name: str
+    ops: list[str]
+    kinds: list[str]
+    flops: np.ndarray
+    param_bytes: np.ndarray
+    in_bytes: np.ndarray
+    out_bytes: np.ndarray
+    host_ms: np.ndarray
+    edges: list[tuple[int, int]]
+    input_bytes: int
+    host: DeviceKind
+    measured_ms: float | None = None  # whole-model latency measured on the host (same threads)
+    threads: int | None = None
+    preds: list[list[int]] = field(init=False, repr=False)
+    succs: list[list[int]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in ("flops", "param_bytes", "in_bytes", "out_bytes", "host_ms"):
+            setattr(self, name, np.asarray(getattr(self, name), dtype=float))
+        n = len(self.ops)
+        self.preds = [[] for _ in range(n)]
+        self.succs = [[] for _ in range(n)]
+        for a, b in self.edges:
+            if not 0 <= a < b < n:
+                raise ValueError(f"edge ({a}, {b}) of graph {self.name!r} is not forward in topological order. "
+                                 "To fix: number ops topologically (producer before consumer)")
+            if b not in self.succs[a]:
+                self.succs[a].append(b)
+                self.preds[b].append(a)
+        self.edges = [(a, b) for a in range(n) for b in self.succs[a]]
+
+    @property
+    def n(self) -> int:
+        return len(self.ops)
+
+    def cost_ms(self, devices: DeviceSet) -> np.ndarray:
+        """[n_ops, n_devices] latency of each op on each device (roofline scaling of `host_ms`, see module doc)."""
+        out = np.empty((self.n, devices.n))
+        cache: dict[str, np.ndarray] = {}
+        for d, kind in enumerate(devices.kinds):
+            if kind.name not in cache:
+                cache[kind.name] = self.kind_cost_ms(kind)
+            out[:, d] = cache[kind.name]
+        return out
+
+    def kind_cost_ms(self, kind: DeviceKind) -> np.ndarray:
+        """Latency of every op on one device kind (ms)."""
+        if kind.name == self.host.name:
+            return self.host_ms.copy()
+        moved = self.in_bytes + self.out_bytes + self.param_bytes
+        host_roof = np.maximum(self.flops / (self.host.tflops * 1e9), moved / (self.host.mem_bw_gbps * 1e6))
+        kind_roof = np.maximum(self.flops / (kind.tflops * 1e9), moved / (kind.mem_bw_gbps * 1e6))
+        ratio = np.where(host_roof > 0, kind_roof / np.maximum(host_roof, 1e-30), self.host.tflops / kind.tflops)
+        return self.host_ms * ratio + kind.launch_ms
+
+    def has_parallel_branches(self) -> bool:
+        """True when two ops could run at once (some op has two successors that do not depend on each other)."""
+        reach = self._descendants()
+        return any(len(s) > 1 and any(b not in reach[a] and a not in reach[b] for a in s for b in s if a < b)
+                   for s in self.succs)
+
+    def _descendants(self) -> list[set[int]]:
+        reach: list[set[int]] = [set() for _ in range(self.n)]
+        for i in reversed(range(self.n)):
+            for j in self.succs[i]:
+                reach[i].add(j)
+                reach[i] |= reach[j]
+        return reach
+
+    def to_json(self) -> str:
+        data = {k: v for k, v in asdict(self).items() if k not in ("preds", "succs")}
+        for k, v in data.items():
+            if isinstance(v, np.ndarray):
+                data[k] = v.tolist()
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "OpGraph":
+        data = json.loads(text)
+        data["host"] = DeviceKind(**data["host"])
+        data["edges"] = [tuple(e) for e in data["edges"]]
+        return cls(**data)
+
+
+def coarsen(graph: OpGraph) -> OpGraph:
+    """Fuse each cheap parameter-free op (ReLU, BN, views, ...) into its producer when it is that producer's
+    only consumer and has no other input: the fused op sums FLOPs, bytes and latency, keeps the last output."""
+    group = list(range(graph.n))
+    for v in range(graph.n):
+        p = graph.preds[v]
+        if graph.kinds[v] in _CHEAP_KINDS and len(p) == 1 and len(graph.succs[p[0]]) == 1:
+            group[v] = group[p[0]]
+    roots = sorted(set(group))
+    index = {r: i for i, r in enumerate(roots)}
+    members: dict[int, list[int]] = {r: [] for r in roots}
+    for v in range(graph.n):
+        members[group[v]].append(v)
+    last = {r: members[r][-1] for r in roots}
+
+    def total(arr: np.ndarray) -> list[float]:
+        return [float(arr[members[r]].sum()) for r in roots]
+
+    edges = {(index[group[a]], index[group[b]]) for a, b in graph.edges if group[a] != group[b]}
+    return OpGraph(
+        name=graph.name, ops=[graph.ops[r] for r in roots], kinds=[graph.kinds[r] for r in roots],
+        flops=total(graph.flops), param_bytes=total(graph.param_bytes),
+        in_bytes=[float(graph.in_bytes[r]) for r in roots], out_bytes=[float(graph.out_bytes[last[r]]) for r in roots],
+        host_ms=total(graph.host_ms), edges=sorted(edges), input_bytes=graph.input_bytes, host=graph.host,
+        measured_ms=graph.measured_ms, threads=graph.threads)
+
+
+# A fixed, made-up host for synthetic graphs, so they need no measurement.
+_SYNTHETIC_HOST = DeviceKind("synthetic-cpu", 0.05, 20.0, 64.0, launch_ms=0.0)
+
+
+def synthetic_graph(n_ops: int = 40, width: int = 4, seed: int = 0, name: str | None = None) -> OpGraph:
+    """A random layered DAG: layers of 1..`width` ops, each op fed by 1-2 ops of the previous layer;
+    log-normal FLOPs and activation sizes; `host_ms` = roofline time on a made-up 50 GFLOPS host."""
+    if n_ops < 1 or width < 1:
+        raise ValueError(f"n_ops={n_ops}, width={width} must both be >= 1. To fix: pass positive sizes")
+    rng = np.random.default_rng(seed)
+    layers: list[list[int]] = []
+    count = 0
+    while count < n_ops:
+        w = int(min(rng.integers(1, width + 1), n_ops - count))
+        layers.append(list(range(count, count + w)))
+        count += w
+    edges = set()
+    for prev, cur in zip(layers, layers[1:]):
+        for v in cur:
+            for u in rng.choice(prev, size=min(len(prev), int(rng.integers(1, 3))), replace=False):
+                edges.add((int(u), v))
+        for u in prev:  # every op feeds something
+            if not any(e[0] == u for e in edges):
+                edges.add((u, int(rng.choice(cur))))
+    flops = rng.lognormal(np.log(2e8), 1.0, n_ops)
+    out_bytes = rng.lognormal(np.log(4e5), 1.0, n_ops)
+    param_bytes = rng.lognormal(np.log(1e6), 1.5, n_ops)
+    in_bytes = np.zeros(n_ops)
+    for u, v in edges:
+        in_bytes[v] += out_bytes[u]
+    moved = in_bytes + out_bytes + param_bytes
+    host_ms = np.maximum(flops / (_SYNTHETIC_HOST.tflops * 1e9), moved / (_SYNTHETIC_HOST.mem_bw_gbps * 1e6))
+    return OpGraph(name or f"synthetic-{n_ops}-{width}-{seed}", [f"op{i}" for i in range(n_ops)], ["synthetic"] * n_ops,
+                   flops, param_bytes, in_bytes, out_bytes, host_ms, sorted(edges), int(4 * 3 * 224 * 224),
+                   _SYNTHETIC_HOST)
+
+
+# ------------------------------------------------------------------ torch.fx op graphs
+
+def _tensor_bytes(value: Any) -> int:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (tuple, list)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
+
+
+def _numel(value: Any) -> int:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.numel()
+    if isinstance(value, (tuple, list)):
+        return sum(_numel(v) for v in value)
+    return 0
+
+
+def _flops(target: Any, args: tuple, out: Any) -> float:
+    """FLOPs of one op from its module / function and concrete tensors (multiply-add = 2 FLOPs)."""
+    import torch
+    from torch import nn
+
+    out_n = _numel(out)
+    in_n = _numel(args)
+    if isinstance(target, nn.Conv2d):
+        kh, kw = target.kernel_size
+        return 2.0 * out_n * (target.in_channels // target.groups) * kh * kw
+    if isinstance(target, nn.Linear):
+        return 2.0 * out_n * target.in_features
+    if isinstance(target, (nn.LSTM, nn.GRU, nn.RNN)):
+        gates = {nn.LSTM: 4, nn.GRU: 3, nn.RNN: 1}[type(target)]
+        x = args[0]
+        steps = x.shape[0] * x.shape[1] if x.dim() == 3 else x.shape[0]
+        h, i = target.hidden_size, target.input_size
+        dirs = 2 if target.bidirectional else 1
+        per_layer = [2.0 * gates * h * (i + h)] + [2.0 * gates * h * (h * dirs + h)] * (target.num_layers - 1)
+        return steps * dirs * sum(per_layer)
+    if isinstance(target, (nn.MaxPool2d, nn.AvgPool2d)):
+        k = target.kernel_size if isinstance(target.kernel_size, tuple) else (target.kernel_size,) * 2
+        return float(out_n * k[0] * k[1])
+    if target in (torch.matmul, torch.bmm, torch.mm, torch.nn.functional.linear) or target in ("matmul", "bmm", "mm"):
+        a = args[0]
+        return 2.0 * out_n * (a.shape[-1] if isinstance(a, torch.Tensor) else 1)
+    return float(max(out_n, in_n))
+
+
+def _kind_name(node: Any, gm: Any) -> str:
+    if node.op == "call_module":
+        return type(gm.get_submodule(node.target)).__name__
+    return getattr(node.target, "__name__", str(node.target))
+
+
+def _median_time_ms(fn: Callable[[], Any], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _fx_graph(module: Any, example: Any, name: str, repeats: int, host: DeviceKind) -> OpGraph:
+    import torch
+    from torch.fx import Interpreter, symbolic_trace
+
+    gm = symbolic_trace(module)
+    env: dict[str, Any] = {}
+
+    class _Record(Interpreter):
+        def run_node(self, n):  # noqa: ANN001 - torch.fx signature
+            result = super().run_node(n)
+            env[n.name] = result
+            return result
+
+    with torch.no_grad():
+        _Record(gm).run(example)
+    nodes = [n for n in gm.graph.nodes if n.op in ("call_module", "call_function", "call_method")]
+    index = {n.name: i for i, n in enumerate(nodes)}
+    calls: list[Callable[[], Any]] = []
+    ops, kinds, flops, params, ins, outs, edges = [], [], [], [], [], [], []
+    for i, n in enumerate(nodes):
+        args = torch.fx.node.map_arg(n.args, lambda a: env[a.name])
+        kwargs = torch.fx.node.map_arg(n.kwargs, lambda a: env[a.name])
+        p_bytes = 0
+        if n.op == "call_module":
+            target = gm.get_submodule(n.target)
+            p_bytes = sum(_tensor_bytes(t) for t in list(target.parameters()) + list(target.buffers()))
+            fn = target
+        elif n.op == "call_function":
+            target = fn = n.target
+        else:
+            target = n.target
+            fn = (lambda m: lambda *a, **k: getattr(a[0], m)(*a[1:], **k))(n.target)
+        for a in n.all_input_nodes:
+            if a.op == "get_attr":
+                p_bytes += _tensor_bytes(env[a.name])
+            elif a.name in index:
+                edges.append((index[a.name], i))
+        calls.append((lambda f, a, k: lambda: f(*a, **k))(fn, args, kwargs))
+        ops.append(n.name)
+        kinds.append(_kind_name(n, gm))
+        flops.append(_flops(target, args, env[n.name]))
+        params.append(p_bytes)
+        ins.append(sum(_tensor_bytes(env[a.name]) for a in n.all_input_nodes if a.op != "get_attr"))
+        outs.append(_tensor_bytes(env[n.name]))
+    host_ms, measured = _time_ops(calls, lambda: gm(example), repeats)
+    return OpGraph(name, ops, kinds, flops, params, ins, outs, host_ms, edges, _tensor_bytes(example), host,
+                   measured_ms=measured, threads=torch.get_num_threads())
+
+
+def _chain_graph(module: Any, example: Any, name: str, repeats: int, host: DeviceKind) -> OpGraph:
+    """A chain model (`module.layers` run in order) as a chain of ops; a tuple output passes on its first item."""
+    import torch
+
+    calls, ops, kinds, flops, params, ins, outs = [], [], [], [], [], [], []
+    x = example
+    with torch.no_grad():
+        for i, layer in enumerate(module.layers):
+            y = layer(x)
+            calls.append((lambda f, a: lambda: f(a))(layer, x))
+            ops.append(f"layers.{i}")
+            kinds.append(type(layer).__name__)
+            flops.append(_flops(layer, (x,), y))
+            params.append(sum(_tensor_bytes(t) for t in list(layer.parameters()) + list(layer.buffers())))
+            ins.append(_tensor_bytes(x))
+            outs.append(_tensor_bytes(y))
+            x = y[0] if isinstance(y, tuple) else y
+    host_ms, measured = _time_ops(calls, lambda: module(example), repeats)
+    edges = [(i, i + 1) for i in range(len(ops) - 1)]
+    return OpGraph(name, ops, kinds, flops, params, ins, outs, host_ms, edges, _tensor_bytes(example), host,
+                   measured_ms=measured, threads=torch.get_num_threads())
+
+
+def _time_ops(calls: list[Callable[[], Any]], whole: Callable[[], Any], repeats: int) -> tuple[list[float], float]:
+    """Median latency of each op and of the whole model, measured in interleaved rounds (same contention)."""
+    import torch
+
+    with torch.no_grad():
+        for _ in range(2):
+            whole()
+        per_op: list[list[float]] = [[] for _ in calls]
+        totals = []
+        for _ in range(repeats):
+            totals.append(_median_time_ms(whole, 1))
+            for i, call in enumerate(calls):
+                per_op[i].append(_median_time_ms(call, 1))
+    return [statistics.median(t) for t in per_op], statistics.median(totals)
+
+
+def from_module(module: Any, example: Any, name: str = "model", repeats: int = 7) -> OpGraph:
+    """Op graph of a torch module: torch.fx when it traces, else its `layers` chain; ops timed on this CPU."""
+    module.eval()
+    host = host_kind()
+    try:
+        return _fx_graph(module, example, name, repeats, host)
+    except Exception as err:  # torch.fx cannot trace data-dependent control flow, tuples of LSTM state, ...
+        if not hasattr(module, "layers"):
+            raise ValueError(f"model {name!r}: torch.fx cannot trace it ({err}) and it has no `layers` chain. "
+                             "To fix: make it fx-traceable or expose `layers` run in order") from None
+        return _chain_graph(module, example, name, repeats, host)
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("ISTHMUS_CACHE", Path.home() / ".cache" / "isthmus")) / "placement"
+
+
+def from_zoo(name: str, size: str = "full", repeats: int = 7, cache: bool = True, fuse: bool = True) -> OpGraph:
+    """Op graph of a zoo model (`isthmus.models.build`), measured once per (model, size, threads) and cached."""
+    import torch
+
+    from isthmus.models import ZOO_NAMES, build, example_input
+
+    if name not in ZOO_NAMES:
+        raise ValueError(f"model: unknown zoo model {name!r}. To fix: use one of {list(ZOO_NAMES)}")
+    path = _cache_dir() / f"{name}-{size}-t{torch.get_num_threads()}.json"
+    if cache and path.exists():
+        graph = OpGraph.from_json(path.read_text())
+    else:
+        graph = from_module(build(name, size), example_input(name, size), name=name, repeats=repeats)
+        if cache:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(graph.to_json())
+    return coarsen(graph) if fuse else graph
