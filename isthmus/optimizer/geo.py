@@ -1,0 +1,216 @@
+"""The geo planner: A2's joint model/data-version placement as a MILP (cvxpy + HiGHS).
+
+Symbols (shared/DESIGN.md "Semantics"). Service s has rate λ_s, SLO slo_s and floor min_accuracy_s;
+route r = (d, m, j, t[, k, e]) has latency L_r, accuracy a_r = accuracy_m + accuracy_delta_d (or the
+exit's), egress price g_r = bytes·3600/1e9·egress_per_gb ($/h per request/s). Pool-version
+q = (j, t, m) has capacity c_q = capacity_rps(m, dev(t)) per instance and price π_q = price_per_hour_t.
+Only routes with L_r ≤ slo_s exist (`routes.build_routes`). With flows f_r = λ_s·x_{s,r} (req/s):
+
+    minimise    Σ_q π_q·y_q + Σ_r g_r·f_r                                  ($ per hour)
+    subject to  Σ_{r∈s} f_r = λ_s                                          (Σ_r x_{s,r} = 1)
+                Σ_{r∈s} a_r·f_r ≥ min_accuracy_s·λ_s                       (request-weighted accuracy)
+                Σ_{r∈q} u_r·f_r ≤ c_q·y_q                                  (capacity; u_r = 1, or tail/latency)
+                Σ_{q∈(j,t)} y_q + Σ_{r: head at j} h_r·f_r ≤ max_count_{j,t}  (quota; h_r = head_ms/1000 s)
+                0 ≤ f_r ≤ ub_r,   y_q ∈ ℤ≥0  (MILP)  or  y_q ≥ 0  (LP relaxation)
+
+λ, c, π, g, max_count and ub are cvxpy Parameters, so a re-plan after telemetry re-solves the
+compiled problem (DPP) instead of rebuilding it; ub_r = 0 switches off a route whose measured
+latency left the SLO. `lp-round` solves the relaxation (its value is `lower_bound_per_hour`), then
+a MILP restricted to the LP's support plus the k best routes per service by reduced cost; rounding
+every y_q up is the fallback (repair) when that restricted MILP finds nothing in time.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from isthmus.optimizer.routes import RouteTable
+
+__all__ = ["GeoProblem", "Solution", "restricted_milp", "round_up"]
+
+_HIGHS_OPTS = {"presolve": "on"}
+_banner_shown = False
+
+
+def _silence_highs_banner() -> None:
+    """HiGHS prints a banner to stdout once per process, at its first construction: send it to stderr
+    so `isthmus plan --json` stays pure JSON."""
+    global _banner_shown
+    if _banner_shown:
+        return
+    import os
+    import sys
+
+    import highspy
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        _banner_shown = True
+
+
+@dataclass
+class Solution:
+    f: np.ndarray            # req/s per route
+    y: np.ndarray            # instances per pool-version
+    status: str
+    seconds: float
+    bound: float | None      # a lower bound on the optimum, when the solver gives one
+    duals: dict[str, np.ndarray] | None = None
+
+
+class GeoProblem:
+    """The problem over one RouteTable, built once; `solve()` after `set_parameters()` reuses the compiled form."""
+
+    def __init__(self, table: RouteTable, integer: bool):
+        import cvxpy as cp
+
+        t0 = time.perf_counter()
+        self.table, self.integer = table, integer
+        n_r, n_q = len(table), len(table.pv_pool)
+        n_s, n_p = len(table.spec.services), len(table.pools)
+        r_idx = np.arange(n_r)
+        on_q = table.pv >= 0
+        on_edge = table.head_pool >= 0
+        route_matrix = _sparse(table.service, r_idx, np.ones(n_r), (n_s, n_r))
+        accuracy_matrix = _sparse(table.service, r_idx, table.accuracy, (n_s, n_r))
+        usage_matrix = _sparse(table.pv[on_q], r_idx[on_q], table.usage[on_q], (n_q, n_r))
+        quota_y = _sparse(table.pv_pool, np.arange(n_q), np.ones(n_q), (n_p, n_q))
+        quota_f = _sparse(table.head_pool[on_edge], r_idx[on_edge], table.head_s[on_edge], (n_p, n_r))
+        self.min_accuracy = np.array([s.min_accuracy for s in table.spec.services])
+
+        self.f = cp.Variable(n_r, nonneg=True, name="f")
+        self.y = cp.Variable(max(n_q, 1), nonneg=True, integer=integer, name="y")
+        self.rate = cp.Parameter(n_s, nonneg=True, name="rate_rps")
+        self.floor = cp.Parameter(n_s, nonneg=True, name="accuracy_floor_rps")
+        self.capacity = cp.Parameter(max(n_q, 1), nonneg=True, name="capacity_rps")
+        self.price = cp.Parameter(max(n_q, 1), nonneg=True, name="price_per_hour")
+        self.egress = cp.Parameter(n_r, nonneg=True, name="egress_per_rps")
+        self.quota = cp.Parameter(n_p, nonneg=True, name="max_count")
+        self.upper = cp.Parameter(n_r, nonneg=True, name="route_upper_rps")
+        y = self.y[:n_q] if n_q else None
+        self.constraints = {
+            "demand": route_matrix @ self.f == self.rate,
+            "accuracy": accuracy_matrix @ self.f >= self.floor,
+            "upper": self.f <= self.upper,
+        }
+        if n_q:
+            self.constraints["capacity"] = usage_matrix @ self.f <= cp.multiply(self.capacity[:n_q], y)
+            self.constraints["quota"] = quota_y @ y + quota_f @ self.f <= self.quota
+        elif on_edge.any():
+            self.constraints["quota"] = quota_f @ self.f <= self.quota
+        cost = self.egress @ self.f + (self.price[:n_q] @ y if n_q else 0)
+        self.problem = cp.Problem(cp.Minimize(cost), list(self.constraints.values()))
+        self.set_parameters()
+        self.build_s = time.perf_counter() - t0
+        self.compile_s: float | None = None
+        self.solves = 0
+
+    def set_parameters(self, upper: np.ndarray | None = None) -> None:
+        """Load the table's current numbers into the Parameters (after telemetry changed the table's spec)."""
+        t = self.table
+        rate = np.array([t.spec.source(s.source).rate_rps for s in t.spec.services])
+        self.rate.value = rate
+        self.floor.value = self.min_accuracy * rate
+        n_q = len(t.pv_pool)
+        self.capacity.value = t.pv_capacity_rps if n_q else np.ones(1)
+        self.price.value = t.pools.price_per_hour[t.pv_pool] if n_q else np.zeros(1)
+        self.egress.value = t.egress_per_rps
+        self.quota.value = t.pools.max_count.astype(float)
+        self.upper.value = rate[t.service] if upper is None else upper
+
+    def solve(self, time_limit_s: float, mip_rel_gap: float = 1e-4) -> Solution:
+        import cvxpy as cp
+
+        _silence_highs_banner()
+        opts = dict(_HIGHS_OPTS, time_limit=float(max(time_limit_s, 1.0)))
+        if self.integer:
+            opts["mip_rel_gap"] = mip_rel_gap
+        t0 = time.perf_counter()
+        try:
+            self.problem.solve(solver=cp.HIGHS, verbose=False, **opts)
+        except cp.error.SolverError as err:
+            return Solution(np.zeros(len(self.table)), np.zeros(len(self.table.pv_pool)), f"solver_error: {err}",
+                            time.perf_counter() - t0, None)
+        seconds = time.perf_counter() - t0
+        stats = self.problem.solver_stats
+        if self.compile_s is None:
+            self.compile_s = max(seconds - (stats.solve_time or 0.0), 0.0)
+        self.solves += 1
+        status = self.problem.status
+        if self.f.value is None or status not in ("optimal", "optimal_inaccurate", "user_limit"):
+            return Solution(np.zeros(len(self.table)), np.zeros(len(self.table.pv_pool)), status, seconds, None)
+        info = stats.extra_stats
+        if self.integer:
+            bound = getattr(info, "mip_dual_bound", None)
+            if status == "user_limit" and getattr(info, "primal_solution_status", 2) == 0:
+                return Solution(np.zeros(len(self.table)), np.zeros(len(self.table.pv_pool)), "no_incumbent",
+                                seconds, None)
+        else:
+            bound = float(self.problem.value)
+        duals = None if self.integer else {name: np.atleast_1d(c.dual_value) for name, c in self.constraints.items()}
+        y = np.asarray(self.y.value)[:len(self.table.pv_pool)]
+        f = np.maximum(np.asarray(self.f.value), 0.0)
+        return Solution(f, np.round(y) if self.integer else np.maximum(y, 0.0), status, seconds, bound, duals)
+
+
+def _sparse(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
+    return sp.csr_matrix((values, (rows, cols)), shape=shape)
+
+
+def reduced_cost_order(table: RouteTable, lp: Solution) -> np.ndarray:
+    """Per-route reduced cost up to the per-service demand dual:
+    g_r + u_r·w_q(r) + h_r·e_j(r) − a_r·α_s(r), with w, e, α the capacity, quota and accuracy duals."""
+    d = lp.duals or {}
+    score = table.egress_per_rps.copy()
+    if "capacity" in d:
+        on_q = table.pv >= 0
+        score[on_q] += table.usage[on_q] * np.abs(d["capacity"][table.pv[on_q]])
+    if "quota" in d:
+        on_edge = table.head_pool >= 0
+        score[on_edge] += table.head_s[on_edge] * np.abs(d["quota"][table.head_pool[on_edge]])
+    if "accuracy" in d:
+        score -= table.accuracy * np.abs(d["accuracy"][table.service])
+    return score
+
+
+def _best_per_service(service: np.ndarray, score: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k lowest-score routes of every service (vectorised group top-k)."""
+    order = np.lexsort((score, service))
+    grouped = service[order]
+    rank = np.arange(len(order)) - np.searchsorted(grouped, grouped, side="left")
+    return order[rank < k]
+
+
+def restricted_milp(table: RouteTable, lp: Solution, time_limit_s: float, k: int = 4,
+                    mip_rel_gap: float = 2e-3) -> tuple[np.ndarray, Solution]:
+    """MILP over the LP's support plus the k best routes per service by reduced cost.
+
+    Returns (route indices of the sub-problem, its solution) — the solution's f indexes those routes.
+    """
+    support = np.flatnonzero(lp.f > 1e-9)
+    keep = np.union1d(support, _best_per_service(table.service, reduced_cost_order(table, lp), k))
+    sub = table.subset(keep)
+    problem = GeoProblem(sub, integer=True)
+    return keep, problem.solve(time_limit_s, mip_rel_gap)
+
+
+def round_up(table: RouteTable, lp: Solution) -> Solution | None:
+    """Repair by rounding every pool-version up: y_q = ⌈y_q⌉ keeps the LP's flows feasible unless a quota breaks."""
+    y = np.ceil(lp.y - 1e-7)
+    used = np.bincount(table.pv_pool, weights=y, minlength=len(table.pools))
+    on_edge = table.head_pool >= 0
+    used += np.bincount(table.head_pool[on_edge], weights=table.head_s[on_edge] * lp.f[on_edge],
+                        minlength=len(table.pools))
+    if np.any(used > table.pools.max_count + 1e-6):
+        return None
+    return Solution(lp.f, y, "rounded", 0.0, lp.bound)
