@@ -188,7 +188,8 @@ def build_routes(spec: Spec, latency_headroom: float = 0.0) -> RouteTable:
         rtt = net.rtt_ms[o][:, pools.site]                         # (S, P)
         bw = net.bandwidth_mbps[o][:, pools.site]
         b = dbytes[svc_src[svc]]                                   # (S, D)
-        net_ms = rtt[:, None, :] + 8.0 * b[:, :, None] / (bw[:, None, :] * 1000.0)   # (S, D, P)
+        with np.errstate(divide="ignore", invalid="ignore"):                  # unlinked: bw 0, rtt inf
+            net_ms = rtt[:, None, :] + 8.0 * b[:, :, None] / (bw[:, None, :] * 1000.0)   # (S, D, P)
         comp = lat[vers][:, pool_dev]                              # (V, P)
         total = net_ms[:, :, None, :] + comp[None, None, :, :]     # (S, D, V, P)
         ok = np.isfinite(total) & (total <= svc_slo[svc][:, None, None, None])
@@ -238,7 +239,8 @@ def _split_routes(spec, net, pools, pool_dev, lat, acc, names, svc_src, origin, 
                     tail = np.array([sp.tail_ms.get(pools.device[p], np.nan) for p in cloud])
                     rtt = net.rtt_ms[o, pools.site[cloud]]
                     bw = net.bandwidth_mbps[o, pools.site[cloud]]
-                    lat_r = head + rtt + 8.0 * sp.activation_bytes / (bw * 1000.0) + tail
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        lat_r = head + rtt + 8.0 * sp.activation_bytes / (bw * 1000.0) + tail
                     keep = np.isfinite(lat_r)
                     p_sel, lat_r, tail = cloud[keep], lat_r[keep], tail[keep]
                     # the tail takes tail/latency of one instance of the version on that device
