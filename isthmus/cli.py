@@ -21,6 +21,7 @@ app = typer.Typer(
 _COMMAND_MODULES = [
     "isthmus.platform.certs_commands",
     "isthmus.optimizer.commands",
+    "isthmus.partition.commands",
 ]
 
 

@@ -207,10 +207,10 @@ def _evaluate(graph: PartitionGraph, device: set[str], bandwidth_mbps: float, rt
         device_nodes=[n.name for n in graph.nodes if n.name in device],
         server_nodes=[n.name for n in graph.nodes if n.name not in device],
         cut=cut, cut_bytes=cut_bytes,
-        device_ms=sum(n.device_ms for n in graph.nodes if n.name in device),
+        device_ms=sum((n.device_ms for n in graph.nodes if n.name in device), 0.0),
         transfer_ms=transfer_ms(cut_bytes, bandwidth_mbps),
         rtt_ms=rtt_ms if cut else 0.0,
-        server_ms=sum(n.server_ms for n in graph.nodes if n.name not in device))
+        server_ms=sum((n.server_ms for n in graph.nodes if n.name not in device), 0.0))
 
 
 def graph_latency_ms(graph: PartitionGraph, device_nodes: set[str] | list[str], bandwidth_mbps: float,

@@ -121,3 +121,30 @@ def test_load_graph_reports_bad_json_position(tmp_path):
         load_graph(path)
     path.write_text(json.dumps({"nodes": [{"name": "a", "device_ms": 1, "server_ms": 1, "out_bytes": 1}]}))
     assert load_graph(path).names() == ["a"]
+
+
+def test_cli_graph_json_and_bad_input(tmp_path):
+    from typer.testing import CliRunner
+
+    from isthmus.cli import app
+
+    good = tmp_path / "g.json"
+    good.write_text(json.dumps({"input_bytes": 150_000, "nodes": [
+        {"name": "conv", "device_ms": 40, "server_ms": 2, "out_bytes": 800_000},
+        {"name": "pool", "device_ms": 5, "server_ms": 0.2, "out_bytes": 20_000},
+        {"name": "fc", "device_ms": 300, "server_ms": 1, "out_bytes": 40}],
+        "edges": [["conv", "pool"], ["pool", "fc"]]}))
+    runner = CliRunner()
+    out = runner.invoke(app, ["partition", "--graph", str(good), "--bandwidth-mbps", "2", "--json"])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.output)
+    # 2 Mbps: device-only 345, cloud-only 600 + 3.2, after pool 45 + 80 + 1 = 126
+    assert result["device_nodes"] == ["conv", "pool"] and result["cut"] == ["pool"]
+    assert result["latency_ms"] == pytest.approx(126.0)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"nodes": [{"name": "a", "device_ms": 1, "server_ms": 1, "out_bytes": 1}],
+                               "edges": [["a", "a"]]}))
+    out = runner.invoke(app, ["partition", "--graph", str(bad), "--bandwidth-mbps", "2"])
+    assert out.exit_code == 2 and "self-loop on 'a'" in out.output and "Traceback" not in out.output
+    out = runner.invoke(app, ["partition", "--graph", str(good), "--bandwidth-mbps", "0"])
+    assert out.exit_code == 2 and "must be > 0" in out.output
