@@ -1,0 +1,182 @@
+"""The control plane rejects whoever should not be there, and keeps serving everyone else.
+
+Real mTLS over gRPC on 127.0.0.1: no client certificate, a certificate from another CA, an expired
+certificate, a missing / wrong / someone else's bearer token, an oversized request.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from pathlib import Path
+
+import grpc
+import pytest
+
+from isthmus import _proto
+from isthmus.platform._grpc import ServerTLS
+from isthmus.platform.certs import init_certs, issue_cert, load_ca, write_pair
+from isthmus.platform.control_plane import ControlPlaneServer, PlanSource
+from isthmus.platform.inference_server import InferenceServer
+
+pytestmark = [pytest.mark.security, pytest.mark.timeout(120)]
+
+_CP = _proto.load("control_plane_pb2")
+_CP_GRPC = _proto.load("control_plane_pb2_grpc")
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("pki")
+    init_certs(root / "good", agents=["a1", "a2"])
+    init_certs(root / "other", agents=["a1"])  # same agent id, another CA
+    ca_key, ca_cert = load_ca(root / "good")
+    key, cert = issue_cert(ca_key, ca_cert, "a1", not_before=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=10),
+                           days=1)
+    write_pair(key, cert, root / "expired.pem", root / "expired.key")
+    return {"good": root / "good", "other": root / "other", "expired_cert": root / "expired.pem",
+            "expired_key": root / "expired.key"}
+
+
+@pytest.fixture(scope="module")
+def server(pki: dict[str, Path]):
+    plan = PlanSource()
+    with ControlPlaneServer(plan, certs_dir=pki["good"], max_request_bytes=64 * 1024) as cp:
+        yield cp
+
+
+def _channel(address: str, ca: Path, cert: Path | None = None, key: Path | None = None) -> grpc.Channel:
+    creds = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes(),
+                                         private_key=key.read_bytes() if key else None,
+                                         certificate_chain=cert.read_bytes() if cert else None)
+    return grpc.secure_channel(address, creds)
+
+
+def _agent_channel(server: ControlPlaneServer, certs: Path, agent_id: str) -> grpc.Channel:
+    agent = certs / "agents" / agent_id
+    return _channel(server.address, certs / "ca.pem", agent / "agent.pem", agent / "agent.key")
+
+
+def _token(certs: Path, agent_id: str) -> str:
+    return (certs / "agents" / agent_id / "token").read_text().strip()
+
+
+def _register(channel: grpc.Channel, token: str | None, agent_id: str = "a1", **profile_kw) -> object:
+    metadata = (("authorization", f"Bearer {token}"),) if token is not None else ()
+    request = _CP.RegisterRequest(agent_id=agent_id, site="cam-1", device="rpi3", profile=_CP.Profile(**profile_kw))
+    return _CP_GRPC.ControlPlaneStub(channel).Register(request, metadata=metadata, timeout=10)
+
+
+def _code(fn) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as info:
+        fn()
+    return info.value.code()
+
+
+def test_good_agent_registers_and_watches(server: ControlPlaneServer, pki: dict[str, Path]) -> None:
+    with _agent_channel(server, pki["good"], "a1") as channel:
+        reply = _register(channel, _token(pki["good"], "a1"))
+        assert reply.agent_id == "a1"
+
+
+def test_no_client_certificate_rejected(server: ControlPlaneServer, pki: dict[str, Path]) -> None:
+    with _channel(server.address, pki["good"] / "ca.pem") as channel:
+        assert _code(lambda: _register(channel, _token(pki["good"], "a1"))) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_certificate_from_another_ca_rejected(server: ControlPlaneServer, pki: dict[str, Path]) -> None:
+    other = pki["other"] / "agents" / "a1"
+    # trusts the real server CA, but presents a client certificate the server's CA never signed
+    with _channel(server.address, pki["good"] / "ca.pem", other / "agent.pem", other / "agent.key") as channel:
+        assert _code(lambda: _register(channel, _token(pki["good"], "a1"))) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_expired_certificate_rejected(server: ControlPlaneServer, pki: dict[str, Path]) -> None:
+    with _channel(server.address, pki["good"] / "ca.pem", pki["expired_cert"], pki["expired_key"]) as channel:
+        assert _code(lambda: _register(channel, _token(pki["good"], "a1"))) == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize("token", [None, "", "not-the-token", "Bearer"])
+def test_missing_or_wrong_token_rejected(server: ControlPlaneServer, pki: dict[str, Path], token: str | None) -> None:
+    with _agent_channel(server, pki["good"], "a1") as channel:
+        assert _code(lambda: _register(channel, token)) == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_another_agents_token_rejected(server: ControlPlaneServer, pki: dict[str, Path]) -> None:
+    with _agent_channel(server, pki["good"], "a1") as channel:
+        assert _code(lambda: _register(channel, _token(pki["good"], "a2"))) == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_claiming_another_agent_id_denied(server: ControlPlaneServer, pki: dict[str, Path]) -> None:
+    with _agent_channel(server, pki["good"], "a1") as channel:
+        code = _code(lambda: _register(channel, _token(pki["good"], "a1"), agent_id="a2"))
+        assert code == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_oversized_request_rejected(server: ControlPlaneServer, pki: dict[str, Path]) -> None:
+    with _agent_channel(server, pki["good"], "a1") as channel:
+        huge = {f"layer{i}": float(i) for i in range(20_000)}  # ~400 KB > the 64 KiB limit
+        code = _code(lambda: _register(channel, _token(pki["good"], "a1"), layer_ms=huge))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_server_keeps_serving_others_and_logs_no_secret(server: ControlPlaneServer, pki: dict[str, Path],
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A good agent's plan stream stays open through a burst of rejected calls and still gets the next plan."""
+    caplog.set_level(logging.DEBUG)
+    good = pki["good"]
+    token = _token(good, "a2")
+    received: list[object] = []
+    with _agent_channel(server, good, "a2") as channel:
+        _register(channel, token, agent_id="a2")
+        stream = _CP_GRPC.ControlPlaneStub(channel).WatchPlan(
+            _CP.WatchPlanRequest(agent_id="a2"), metadata=(("authorization", f"Bearer {token}"),), timeout=60)
+        reader = threading.Thread(target=lambda: received.extend(a for _, a in zip(range(2), stream)), daemon=True)
+        reader.start()
+        for _ in range(3):
+            test_no_client_certificate_rejected(server, pki)
+            test_certificate_from_another_ca_rejected(server, pki)
+            test_missing_or_wrong_token_rejected(server, pki, "not-the-token")
+            test_oversized_request_rejected(server, pki)
+        server.plan.publish({"cam-1": {"model": "tiny", "split": 0, "exit": 3, "inference_target": "127.0.0.1:1"}})
+        reader.join(timeout=30)
+        stream.cancel()
+    assert [a.assigned for a in received] == [False, True]
+    assert received[1].model == "tiny" and received[1].agent_id == "a2"
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "rejected agent a1" in logged  # rejections are logged ...
+    for agent_id in ("a1", "a2"):
+        assert _token(good, agent_id) not in logged  # ... but never a secret
+    assert (good / "server.key").read_text().splitlines()[1] not in logged
+
+
+def test_health_and_reflection_over_mtls(server: ControlPlaneServer, pki: dict[str, Path]) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    with _agent_channel(server, pki["good"], "a1") as channel:
+        check = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="isthmus.v1.ControlPlane"), timeout=10)
+        assert check.status == health_pb2.HealthCheckResponse.SERVING
+        replies = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
+        names = {s.name for r in replies for s in r.list_services_response.service}
+        assert "isthmus.v1.ControlPlane" in names
+
+
+def test_inference_endpoint_with_mtls_rejects_client_without_certificate(pki: dict[str, Path]) -> None:
+    inf_pb = _proto.load("inference_pb2")
+    inf_grpc = _proto.load("inference_pb2_grpc")
+    with InferenceServer({}, tls=ServerTLS.from_certs_dir(pki["good"]), max_request_bytes=4096) as inf:
+        probe = inf_pb.ProbeRequest(payload=b"x" * 100)
+        with _channel(inf.address, pki["good"] / "ca.pem") as channel:
+            assert _code(lambda: inf_grpc.InferenceStub(channel).Probe(probe, timeout=10)) == \
+                grpc.StatusCode.UNAVAILABLE
+        agent = pki["good"] / "agents" / "a1"
+        with _channel(inf.address, pki["good"] / "ca.pem", agent / "agent.pem", agent / "agent.key") as channel:
+            stub = inf_grpc.InferenceStub(channel)
+            assert stub.Probe(probe, timeout=10).received_bytes == 100
+            big = inf_pb.ProbeRequest(payload=b"x" * 10_000)
+            assert _code(lambda: stub.Probe(big, timeout=10)) == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert stub.Probe(probe, timeout=10).received_bytes == 100
