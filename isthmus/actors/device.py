@@ -131,9 +131,9 @@ class _DeviceActor:
                 self._last_error = repr(exc)
 
     def health(self) -> dict[str, Any]:
-        """{alive, restarts, grpc_url, latency_ms_p50/p99 (server, worst model), queue (pending requests),
+        """{alive (Triton up and its models ready), restarts, grpc_url, latency_ms_p50/p99 (server, worst model), queue (pending requests),
         client_latency_ms_p50/p99 (this actor's infer calls), models: {name: Triton metrics}, last_error}."""
-        alive = self._server.is_alive()
+        alive = self._server.is_ready()
         models: dict[str, dict[str, float]] = {}
         if alive:
             try:
@@ -159,7 +159,7 @@ class _DeviceActor:
     def infer(self, name: str, batch: np.ndarray, timeout_s: float = 30.0) -> np.ndarray:
         """Run `batch` (shape (b, *input_shape)) through model `name` on this node's Triton."""
         import tritonclient.grpc as grpcclient
-        from tritonclient.utils import np_to_triton_dtype
+        from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
         if name not in {m.name for m in self.models}:
             raise ValueError(f"model {name!r} is not served here. To fix: use one of {[m.name for m in self.models]}.")
@@ -169,7 +169,10 @@ class _DeviceActor:
         if self._client is None:
             self._client = grpcclient.InferenceServerClient(self._server.grpc_url)
         start = time.perf_counter()
-        result = self._client.infer(name, [tensor], client_timeout=timeout_s)
+        try:
+            result = self._client.infer(name, [tensor], client_timeout=timeout_s)
+        except InferenceServerException as exc:  # not picklable by Ray: re-raise as a plain error
+            raise RuntimeError(f"Triton at {self._server.grpc_url} failed on model {name!r}: {exc}") from None
         self._latencies_ms.append((time.perf_counter() - start) * 1000.0)
         return result.as_numpy(OUTPUT_NAME)
 

@@ -319,6 +319,7 @@ class TritonServer:
         self.log_path = self.log_dir / "tritonserver.log"
         self.restarts = 0
         self._proc: subprocess.Popen[bytes] | None = None
+        self._ready = False
         self._log_file: Any = None
         self._lock = threading.RLock()
 
@@ -376,6 +377,7 @@ class TritonServer:
         with self._lock:
             if self.is_alive():
                 return
+            self._ready = False
             self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - owned until stop()
             self._proc = subprocess.Popen(
                 self.command(),
@@ -402,6 +404,7 @@ class TritonServer:
                     )
                 try:
                     if client.is_server_ready() and all(client.is_model_ready(name) for name in expected):
+                        self._ready = True
                         return
                 except Exception:  # noqa: BLE001 - not listening yet
                     pass
@@ -423,12 +426,17 @@ class TritonServer:
         return "\n".join(text[-lines:])
 
     def is_alive(self) -> bool:
+        """The process runs (it may still be loading models)."""
         return self._proc is not None and self._proc.poll() is None
+
+    def is_ready(self) -> bool:
+        """The process runs and `start()` saw the server and every model ready."""
+        return self._ready and self.is_alive()
 
     def stop(self, timeout_s: float = 15) -> None:
         """SIGTERM the process group (server + stubs), then SIGKILL what is left after `timeout_s`."""
         with self._lock:
-            proc, self._proc = self._proc, None
+            proc, self._proc, self._ready = self._proc, None, False
             if proc is not None:
                 _kill_group(proc, timeout_s)
             if self._log_file is not None:
@@ -443,11 +451,11 @@ class TritonServer:
                 self._proc.wait()
 
     def restart(self, timeout_s: float = 60) -> None:
-        """Stop (if running) and start again on the same ports; counts in `restarts`."""
+        """Stop (if running) and start again on the same ports; a successful restart counts in `restarts`."""
         with self._lock:
             self.stop()
-            self.restarts += 1
             self.start(timeout_s)
+            self.restarts += 1
 
     def model_metrics(self, timeout_s: float = 2.0) -> dict[str, dict[str, float]]:
         """Per-model figures from Triton's Prometheus endpoint (summary quantiles over its recent window).

@@ -1,0 +1,374 @@
+"""Serving bench: direct torch, Triton alone, Serve alone, Serve + Triton; dynamic batching on vs off.
+
+Same run, same model (a zoo model via `isthmus.models.build`, TorchScripted). The load generator
+works like Triton's perf_analyzer: for each concurrency level C, C closed-loop async clients send
+requests back to back for `--window-s` seconds after a warm-up; p50/p99 are over the requests that
+finish inside the window and throughput = those requests / window. Triton paths use
+`tritonclient.grpc.aio`; Serve paths go through Serve's own HTTP proxy with aiohttp.
+
+Claims checked (ratios, same run):
+- Serve + Triton adds <= 3 ms p50 over Triton alone (at concurrency 1);
+- dynamic batching gives >= 3x throughput at an equal p99 bound: for a bound B, the best
+  throughput over concurrency levels whose p99 <= B, batching on / batching off. B defaults to the
+  p99 of batching-off at its own best-throughput level (the tightest bound at which batching-off
+  reaches its peak).
+
+    python bench/serving.py            # ~4-6 min on 2 shared cores; writes bench/results/serving.json
+    python bench/serving.py --quick    # shorter windows, fewer levels (smoke run)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results" / "serving.json"
+_TARGET_SERVE_OVERHEAD_MS = 3.0
+_TARGET_BATCHING_RATIO = 3.0
+
+
+# ------------------------------------------------------------------------------------------
+# model
+
+
+def _build_model(name: str, size: str, workdir: Path) -> tuple[Any, Path, tuple[int, ...], str]:
+    """TorchScript a zoo model (or a small CNN if the zoo is absent); returns (module, path, shape, dtype)."""
+    import torch
+
+    try:
+        from isthmus.models import build, example_input
+
+        module = build(name, size)
+        sample = example_input(name, size, batch=1)
+    except ImportError:  # the zoo lands separately; a plain CNN of the same input keeps the bench running
+        name = "cnn"
+        module = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 32, 3, padding=1),
+            torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(32 * 8 * 8, 10),
+        ).eval()
+        sample = torch.rand(1, 1, 8, 8)
+    path = workdir / f"{name}-{size}.pt"
+    try:
+        scripted = torch.jit.script(module)
+    except Exception:  # noqa: BLE001 - some modules only trace
+        scripted = torch.jit.trace(module, sample)
+    torch.jit.save(scripted, str(path))
+    return torch.jit.load(str(path)).eval(), path, tuple(sample.shape[1:]), str(sample.numpy().dtype)
+
+
+# ------------------------------------------------------------------------------------------
+# load generation (perf_analyzer-style closed loop)
+
+
+async def _closed_loop(
+    send: Callable[[], Awaitable[None]], concurrency: int, window_s: float, warmup_s: float
+) -> dict[str, float]:
+    """C workers send back to back; keep latencies of requests that start and end inside the window."""
+    latencies_ms: list[float] = []
+    errors = 0
+    t0 = time.perf_counter()
+    start, end = t0 + warmup_s, t0 + warmup_s + window_s
+
+    async def worker() -> None:
+        nonlocal errors
+        while True:
+            begin = time.perf_counter()
+            if begin >= end:
+                return
+            try:
+                await send()
+            except Exception:  # noqa: BLE001 - counted, reported
+                errors += 1
+                continue
+            done = time.perf_counter()
+            if begin >= start and done <= end:
+                latencies_ms.append((done - begin) * 1000.0)
+
+    await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(concurrency))), warmup_s + window_s + 60)
+    arr = np.asarray(latencies_ms) if latencies_ms else np.asarray([np.nan])
+    return {
+        "concurrency": concurrency,
+        "requests": len(latencies_ms),
+        "errors": errors,
+        "p50_ms": float(np.percentile(arr, 50)),
+        "p99_ms": float(np.percentile(arr, 99)),
+        "throughput_rps": len(latencies_ms) / window_s,
+    }
+
+
+async def _sweep_triton(url: str, model: str, x: np.ndarray, levels: list[int], window_s: float,
+                        warmup_s: float) -> list[dict[str, float]]:
+    import tritonclient.grpc.aio as aio
+    from tritonclient.grpc import InferInput
+    from tritonclient.utils import np_to_triton_dtype
+
+    from isthmus.platform.triton import INPUT_NAME, OUTPUT_NAME
+
+    client = aio.InferenceServerClient(url)
+
+    async def send() -> None:
+        tensor = InferInput(INPUT_NAME, list(x.shape), np_to_triton_dtype(x.dtype))
+        tensor.set_data_from_numpy(x)
+        (await client.infer(model, [tensor])).as_numpy(OUTPUT_NAME)
+
+    try:
+        return [await _closed_loop(send, c, window_s, warmup_s) for c in levels]
+    finally:
+        await client.close()
+
+
+async def _sweep_http(url: str, x: np.ndarray, levels: list[int], window_s: float,
+                      warmup_s: float) -> list[dict[str, float]]:
+    import aiohttp
+
+    body = x.tobytes()
+    rows = []
+    for c in levels:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=c)) as session:
+
+            async def send() -> None:
+                async with session.post(url, data=body) as response:
+                    if response.status != 200:
+                        raise RuntimeError(f"HTTP {response.status}")
+                    await response.read()
+
+            rows.append(await _closed_loop(send, c, window_s, warmup_s))
+    return rows
+
+
+def _direct_torch(module: Any, x: np.ndarray, seconds: float) -> dict[str, float]:
+    """Sequential in-process calls on one request at a time (the floor without any server)."""
+    import torch
+
+    torch.set_num_threads(1)
+    tensor = torch.from_numpy(x)
+    latencies_ms = []
+    with torch.inference_mode():
+        for _ in range(20):
+            module(tensor)
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            begin = time.perf_counter()
+            module(tensor)
+            latencies_ms.append((time.perf_counter() - begin) * 1000.0)
+    arr = np.asarray(latencies_ms)
+    return {"concurrency": 1, "requests": len(arr), "errors": 0, "p50_ms": float(np.percentile(arr, 50)),
+            "p99_ms": float(np.percentile(arr, 99)), "throughput_rps": len(arr) / float(arr.sum() / 1000.0)}
+
+
+# ------------------------------------------------------------------------------------------
+# Serve applications (built inside the bench: one local Ray instance)
+
+
+def _serve_apps(torchscript_path: Path, shape: tuple[int, ...], dtype: str, triton_url: str, model: str,
+                port: int) -> tuple[str, str]:
+    """Deploy `/torch` (the model inside the replica) and `/triton` (the replica calls Triton); return URLs."""
+    from ray import serve
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)
+    class TorchModel:
+        def __init__(self) -> None:
+            import torch
+
+            torch.set_num_threads(1)
+            self._torch = torch
+            self._model = torch.jit.load(str(torchscript_path)).eval()
+
+        async def __call__(self, request: Request) -> Response:
+            x = np.frombuffer(await request.body(), dtype=dtype).reshape((-1, *shape))
+            with self._torch.inference_mode():
+                out = self._model(self._torch.from_numpy(x.copy())).numpy()
+            return Response(out.tobytes(), media_type="application/octet-stream")
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)
+    class TritonProxy:
+        def __init__(self) -> None:
+            import tritonclient.grpc.aio as aio
+
+            self._client = aio.InferenceServerClient(triton_url)
+
+        async def __call__(self, request: Request) -> Response:
+            from tritonclient.grpc import InferInput
+            from tritonclient.utils import np_to_triton_dtype
+
+            from isthmus.platform.triton import INPUT_NAME, OUTPUT_NAME
+
+            x = np.frombuffer(await request.body(), dtype=dtype).reshape((-1, *shape))
+            tensor = InferInput(INPUT_NAME, list(x.shape), np_to_triton_dtype(x.dtype))
+            tensor.set_data_from_numpy(x)
+            out = (await self._client.infer(model, [tensor])).as_numpy(OUTPUT_NAME)
+            return Response(out.tobytes(), media_type="application/octet-stream")
+
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(TorchModel.bind(), name="torch", route_prefix="/torch")
+    serve.run(TritonProxy.bind(), name="triton", route_prefix="/triton")
+    return f"http://127.0.0.1:{port}/torch", f"http://127.0.0.1:{port}/triton"
+
+
+# ------------------------------------------------------------------------------------------
+# report
+
+
+def _best_under(rows: list[dict[str, float]], bound_ms: float) -> float:
+    ok = [r["throughput_rps"] for r in rows if r["requests"] and r["p99_ms"] <= bound_ms]
+    return max(ok, default=0.0)
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b > 0 else None
+
+
+def _print_table(results: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"serving bench: {results['model']} ({results['cpu_note']})")
+    for col in ("path", "concurrency", "p50 ms", "p99 ms", "throughput rps", "errors"):
+        table.add_column(col, justify="right" if col != "path" else "left")
+    for path, rows in results["paths"].items():
+        for r in rows:
+            table.add_row(path, str(r["concurrency"]), f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
+                          f"{r['throughput_rps']:.0f}", str(r["errors"]))
+    console = Console()
+    console.print(table)
+    claims = Table(title="claims (ratios in this run)")
+    for col in ("claim", "measured", "target", "met"):
+        claims.add_column(col)
+    for c in results["claims"]:
+        claims.add_row(c["claim"], c["measured"], c["target"], "yes" if c["met"] else "NO")
+    console.print(claims)
+
+
+def _claims(paths: dict[str, list[dict[str, float]]], bound_ms: float | None) -> tuple[list[dict], dict]:
+    """Batching: best throughput under the p99 bound, on / off. Serve overhead: p50 of Serve+Triton minus
+    p50 of Triton alone measured right after it, at the lowest common concurrency."""
+    on, off = paths["triton_batching_on"], paths["triton_batching_off"]
+    peak_off = max(off, key=lambda r: r["throughput_rps"])
+    bound = bound_ms if bound_ms is not None else peak_off["p99_ms"]
+    thr_on, thr_off = _best_under(on, bound), _best_under(off, bound)
+    batching_ratio = _ratio(thr_on, thr_off)
+    base = {r["concurrency"]: r for r in paths["triton_alone_at_serve_levels"]}
+    serve_tr = {r["concurrency"]: r for r in paths["serve_triton"]}
+    c1 = min(set(base) & set(serve_tr))
+    overhead_ms = serve_tr[c1]["p50_ms"] - base[c1]["p50_ms"]
+    serve_alone = {r["concurrency"]: r for r in paths["serve_torch"]}
+    direct = paths["direct_torch"][0]
+    ratios = {
+        "p99_bound_ms": bound,
+        "batching_on_rps_at_bound": thr_on,
+        "batching_off_rps_at_bound": thr_off,
+        "batching_throughput_ratio": batching_ratio,
+        "batching_peak_throughput_ratio": _ratio(max(r["throughput_rps"] for r in on), peak_off["throughput_rps"]),
+        "serve_triton_minus_triton_p50_ms": overhead_ms,
+        "serve_triton_over_triton_p50_ratio": _ratio(serve_tr[c1]["p50_ms"], base[c1]["p50_ms"]),
+        "triton_over_direct_torch_p50_ratio": _ratio(base[c1]["p50_ms"], direct["p50_ms"]),
+        "serve_torch_over_direct_torch_p50_ratio": _ratio(serve_alone[min(serve_alone)]["p50_ms"], direct["p50_ms"]),
+        "compared_at_concurrency": c1,
+    }
+    claims = [
+        {"claim": f"Serve+Triton p50 overhead over Triton alone (c={c1})", "measured": f"{overhead_ms:+.2f} ms",
+         "target": f"<= {_TARGET_SERVE_OVERHEAD_MS} ms", "met": overhead_ms <= _TARGET_SERVE_OVERHEAD_MS},
+        {"claim": f"batching on/off throughput at p99 <= {bound:.1f} ms",
+         "measured": f"{batching_ratio:.2f}x ({thr_on:.0f} / {thr_off:.0f} rps)" if batching_ratio else "n/a",
+         "target": f">= {_TARGET_BATCHING_RATIO}x",
+         "met": bool(batching_ratio and batching_ratio >= _TARGET_BATCHING_RATIO)},
+    ]
+    return claims, ratios
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="resnet", help="zoo model name")
+    parser.add_argument("--size", default="small", choices=["small", "full"])
+    parser.add_argument("--levels", default="1,4,16,64", help="concurrency levels for the Triton paths")
+    parser.add_argument("--serve-levels", default="1,8", help="concurrency levels for the Serve paths")
+    parser.add_argument("--window-s", type=float, default=6.0)
+    parser.add_argument("--warmup-s", type=float, default=1.5)
+    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--max-queue-delay-us", type=int, default=2000)
+    parser.add_argument("--p99-bound-ms", type=float, default=None,
+                        help="p99 bound for the batching claim (default: batching-off p99 at its peak)")
+    parser.add_argument("--quick", action="store_true", help="2 s windows, levels 1,16; a smoke run")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.levels, args.serve_levels, args.window_s, args.warmup_s = "1,16", "1", 2.0, 0.5
+    levels = [int(v) for v in args.levels.split(",")]
+    serve_levels = [int(v) for v in args.serve_levels.split(",")]
+
+    from isthmus.platform.triton import TritonModel, TritonServer, free_port, write_model_repository
+
+    began = time.perf_counter()
+    workdir = Path(tempfile.mkdtemp(prefix="isthmus-bench-serving-"))
+    module, path, shape, dtype = _build_model(args.model, args.size, workdir)
+    x = np.random.default_rng(0).standard_normal((1, *shape)).astype(dtype)
+    common = {"torchscript_path": path, "input_shape": shape, "dtype": dtype,
+              "max_batch_size": args.max_batch_size, "torch_threads": 1}
+    repo = write_model_repository(workdir / "repo", [
+        TritonModel(name="batch_on", max_queue_delay_us=args.max_queue_delay_us, **common),
+        TritonModel(name="batch_off", dynamic_batching=False, **common),
+    ])
+    paths: dict[str, list[dict[str, float]]] = {"direct_torch": [_direct_torch(module, x, args.window_s)]}
+    server = TritonServer(repo, log_dir=workdir / "logs")
+    ray_started = False
+    try:
+        server.start(timeout_s=180)
+        paths["triton_batching_on"] = asyncio.run(
+            _sweep_triton(server.grpc_url, "batch_on", x, levels, args.window_s, args.warmup_s))
+        paths["triton_batching_off"] = asyncio.run(
+            _sweep_triton(server.grpc_url, "batch_off", x, levels, args.window_s, args.warmup_s))
+
+        import ray
+        from ray import serve
+
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+        ray_started = True
+        torch_url, triton_url = _serve_apps(path, shape, dtype, server.grpc_url, "batch_on", free_port())
+        paths["serve_torch"] = asyncio.run(_sweep_http(torch_url, x, serve_levels, args.window_s, args.warmup_s))
+        paths["serve_triton"] = asyncio.run(_sweep_http(triton_url, x, serve_levels, args.window_s, args.warmup_s))
+        # Triton alone once more at the Serve levels, right after, so the overhead compares like with like
+        paths["triton_alone_at_serve_levels"] = asyncio.run(
+            _sweep_triton(server.grpc_url, "batch_on", x, serve_levels, args.window_s, args.warmup_s))
+        serve.shutdown()
+    finally:
+        if ray_started:
+            import ray
+
+            ray.shutdown()
+        server.stop()
+
+    claims, ratios = _claims(paths, args.p99_bound_ms)
+    results = {
+        "bench": "serving",
+        "model": f"{args.model}/{args.size} input {list(shape)} {dtype}",
+        "cpu_note": f"{os.cpu_count()} CPUs shared; load avg {os.getloadavg()[0]:.1f} at the end",
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "paths": paths,
+        "ratios": ratios,
+        "claims": claims,
+        "seconds": time.perf_counter() - began,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    _print_table(results)
+    print(f"wrote {args.out} in {results['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
