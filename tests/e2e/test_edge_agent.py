@@ -1,0 +1,182 @@
+"""The edge agent as users run it: the real `isthmus-edge-agent` process against a real control plane
+(mTLS + token) and a real gRPC Inference server (mTLS) running TorchScript tails.
+
+What must hold (issue #5): control-plane restart -> the agent reconnects and resumes; corrupt
+partition bytes -> rejected by checksum and the old partition kept; cloud down -> answers from
+the local early exit. Plus: plan changes switch the split atomically under load.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from edge_helpers import INPUT_SHAPE, TinyChain, infer, start_agent, status, wait_for, write_agent_config  # noqa: E402
+
+from isthmus.platform._grpc import ServerTLS, free_port  # noqa: E402
+from isthmus.platform.certs import init_certs  # noqa: E402
+from isthmus.platform.control_plane import ControlPlaneServer, PartitionStore, PlanSource  # noqa: E402
+from isthmus.platform.inference_server import InferenceServer  # noqa: E402
+
+pytestmark = pytest.mark.timeout(300)
+
+
+class _World:
+    """Certificates, a partition store on disk, a control plane, a cloud endpoint and one agent process."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.certs = root / "certs"
+        init_certs(self.certs, agents=["cam-1-a"])
+        self.chain = TinyChain(seed=1)
+        self.tls = ServerTLS.from_certs_dir(self.certs)
+        self.cloud = InferenceServer(self.chain.tails(), tls=self.tls).start()
+        self.plan = PlanSource(PartitionStore(root / "partitions"))
+        self.plan.publish({"cam-1": self.assignment(1)})
+        self.cp_port = free_port()
+        self.cp = ControlPlaneServer(self.plan, certs_dir=self.certs, port=self.cp_port).start()
+        self.http_port = free_port()
+        config = write_agent_config(root / "agent.toml", self.certs, "cam-1-a",
+                                    control_plane=f"127.0.0.1:{self.cp_port}", listen_port=self.http_port,
+                                    trace_file=str(root / "spans.jsonl"))
+        self.log = root / "agent.log"
+        self.proc = start_agent(config, self.log)
+        self.x = torch.randn(4, *INPUT_SHAPE[1:], generator=torch.Generator().manual_seed(7))
+
+    def assignment(self, split: int) -> dict:
+        return self.chain.assignment(split, self.cloud.address, tls=True)
+
+    def publish_and_wait(self, split: int) -> None:
+        self.plan.publish({"cam-1": self.assignment(split)})
+        wait_for(lambda: (status(self.http_port).get("loaded") or {}).get("split") == split, 60,
+                 f"the agent to load split {split}")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except Exception:
+            self.proc.kill()
+        self.cp.stop()
+        self.cloud.stop()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory):
+    w = _World(tmp_path_factory.mktemp("edge"))
+    try:
+        wait_for(lambda: w.proc.poll() is not None or status(w.http_port).get("loaded"), 120,
+                 "the agent to register and load its first partition")
+        assert w.proc.poll() is None, w.log.read_text()
+        yield w
+    finally:
+        w.close()
+        print(w.log.read_text()[-4000:])
+
+
+def test_agent_splits_and_matches_the_full_model(world: _World) -> None:
+    world.publish_and_wait(1)
+    code, reply = infer(world.http_port, world.x)
+    assert code == 200, reply
+    assert (reply["source"], reply["split"], reply["exit"], reply["degraded"]) == ("cloud", 1, 3, False)
+    assert reply["prediction"] == world.chain.reference(world.x, 3)
+    # telemetry with a bandwidth probe reaches the control plane
+    wait_for(lambda: any(r["uplink_mbps"] > 0 for r in world.plan.telemetry("cam-1-a")), 30, "a bandwidth report")
+    assert world.plan.agents()["cam-1-a"]["site"] == "cam-1"
+    spans = (world.root / "spans.jsonl").read_text().splitlines()
+    assert any(reply["trace_id"] in line for line in spans)
+
+
+def test_plan_change_switches_atomically_under_load(world: _World) -> None:
+    world.publish_and_wait(1)
+    expected = world.chain.reference(world.x, 3)
+    deadline = time.monotonic() + 60
+    replies: list[tuple[int, dict]] = []
+
+    def load() -> None:
+        tail = 0
+        while time.monotonic() < deadline and len(replies) < 1200 and tail < 5:
+            replies.append(infer(world.http_port, world.x))
+            tail += replies[-1][0] == 200 and replies[-1][1]["split"] == 2
+
+    with cf.ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(load) for _ in range(3)]
+        wait_for(lambda: len(replies) >= 6, 30, "load before the plan change")
+        world.plan.publish({"cam-1": world.assignment(2)})
+        for f in futures:
+            f.result()
+    assert all(code == 200 for code, _ in replies), [r for r in replies if r[0] != 200][:3]
+    assert {r["split"] for _, r in replies} == {1, 2}
+    assert all(r["source"] == "cloud" and r["prediction"] == expected for _, r in replies)
+    assert status(world.http_port)["loaded"]["split"] == 2
+
+
+def test_corrupt_partition_rejected_and_old_kept(world: _World) -> None:
+    world.publish_and_wait(1)
+    before = status(world.http_port)
+    fresh = TinyChain(seed=2)  # a model version the agent has never downloaded
+    for key, tail in fresh.tails("tiny-v2").items():
+        world.cloud.set_tail(key, tail)
+    new_head = fresh.head(2)
+    digest, _ = world.plan.store.put(new_head)
+    path = world.plan.store.path(digest)
+    corrupt = bytearray(new_head)
+    corrupt[len(corrupt) // 2] ^= 0xFF
+    path.write_bytes(bytes(corrupt))  # the bytes on disk rot after export
+    world.plan.publish({"cam-1": fresh.assignment(2, world.cloud.address, model="tiny-v2", tls=True)})
+    wait_for(lambda: status(world.http_port)["rejected_partitions"] > before["rejected_partitions"], 60,
+             "the agent to reject the corrupt partition")
+    now = status(world.http_port)
+    assert now["loaded"]["split"] == 1 and now["loaded"]["head_sha256"] == before["loaded"]["head_sha256"]
+    code, reply = infer(world.http_port, world.x)
+    assert code == 200 and (reply["model"], reply["split"]) == ("tiny", 1)
+    assert reply["prediction"] == world.chain.reference(world.x, 3)
+    wait_for(lambda: any("sha256 mismatch" in e for r in world.plan.telemetry("cam-1-a") for e in r["errors"]),
+             30, "the checksum error in telemetry")
+    path.write_bytes(new_head)  # repaired: the agent's retry (with backoff) now succeeds
+    wait_for(lambda: status(world.http_port)["loaded"]["model"] == "tiny-v2", 60,
+             "the agent to load the repaired partition")
+    code, reply = infer(world.http_port, world.x)
+    assert code == 200 and reply["prediction"] == fresh.reference(world.x, 3)
+
+
+def test_cloud_down_answers_from_local_exit(world: _World) -> None:
+    world.publish_and_wait(2)
+    port = world.cloud.port
+    world.cloud.stop()
+    try:
+        code, reply = infer(world.http_port, world.x)
+        assert code == 200, reply
+        assert (reply["source"], reply["degraded"], reply["exit"], reply["split"]) == ("local_exit", True, 2, 2)
+        assert "local early exit 2" in reply["reason"]
+        assert reply["prediction"] == world.chain.reference(world.x, 2)
+    finally:
+        world.cloud = InferenceServer(world.chain.tails(), tls=world.tls, port=port).start()
+    code, reply = wait_for(lambda: (lambda r: r if r[1].get("source") == "cloud" else None)(
+        infer(world.http_port, world.x)), 30, "the cloud to answer again")
+    assert reply["prediction"] == world.chain.reference(world.x, 3)
+
+
+def test_control_plane_restart_reconnects_and_resumes(world: _World) -> None:
+    world.publish_and_wait(1)
+    registrations = status(world.http_port)["registrations"]
+    world.cp.stop()
+    wait_for(lambda: not status(world.http_port)["connected"], 30, "the agent to notice the control plane is gone")
+    code, reply = infer(world.http_port, world.x)  # keeps serving the planned split meanwhile
+    assert code == 200 and reply["source"] == "cloud" and reply["split"] == 1
+    time.sleep(1.5)  # a few reconnect attempts with backoff fail
+    plan = PlanSource(PartitionStore(world.root / "partitions"))  # a fresh control plane process state
+    plan.publish({"cam-1": world.assignment(1)})
+    world.plan = plan
+    world.cp = ControlPlaneServer(plan, certs_dir=world.certs, port=world.cp_port).start()
+    wait_for(lambda: status(world.http_port)["registrations"] > registrations and status(world.http_port)["connected"],
+             60, "the agent to re-register")
+    assert status(world.http_port)["loaded"]["split"] == 1
+    world.publish_and_wait(2)  # and follows the plan again
+    assert infer(world.http_port, world.x)[1]["split"] == 2
