@@ -188,11 +188,11 @@ class EdgeAgent:
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
-        for thread in self._threads:
-            thread.join(timeout=5)
         for channel in [self._cp_channel, *self._cloud_channels.values()]:
             if channel is not None:
-                channel.close()
+                channel.close()  # cancels calls in flight (a Register waiting on a dead peer)
+        for thread in self._threads:
+            thread.join(timeout=5)
 
     def wait(self) -> None:
         """Block until `stop()`."""
