@@ -14,13 +14,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["AgentConfig", "ConfigError", "load_config", "parse_config"]
+__all__ = ["AgentConfig", "ConfigError", "load_config", "parse_config", "write_config"]
 
 
 class ConfigError(ValueError):
@@ -130,3 +131,22 @@ def parse_config(raw: dict[str, Any], *, base_dir: Path = Path(".")) -> AgentCon
     if values.get("backoff_jitter", 0) > 1:
         raise ConfigError(f"backoff_jitter = {values['backoff_jitter']} must be in [0, 1].")
     return AgentConfig(**values)
+
+
+def write_config(path: str | Path, *, certs_dir: str | Path, agent_id: str, site: str, device: str,
+                 control_plane: str, listen: str, **extra: Any) -> Path:
+    """Write an agent TOML file using the files of `isthmus certs init CERTS_DIR` (for demos and tests).
+
+    `extra` holds any other key of `AgentConfig` (e.g. `uplink_mbps=10`); the result is validated.
+    """
+    certs = Path(certs_dir).resolve()
+    agent = certs / "agents" / agent_id
+    values = {"agent_id": agent_id, "site": site, "device": device, "control_plane": control_plane,
+              "ca_cert": str(certs / "ca.pem"), "cert": str(agent / "agent.pem"), "key": str(agent / "agent.key"),
+              "token_file": str(agent / "token"), "listen": listen,
+              **{k: str(v) if isinstance(v, Path) else v for k, v in extra.items() if v is not None}}
+    parse_config(values)
+    out = Path(path)
+    # JSON strings and numbers are valid TOML basic strings / numbers
+    out.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
+    return out

@@ -17,6 +17,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from isthmus.edge_agent import write_config
+
 INPUT_SHAPE = (1, 1, 8, 8)
 
 
@@ -66,15 +68,11 @@ class TinyChain:
 
 def write_agent_config(path: Path, certs: Path, agent_id: str, *, control_plane: str, listen_port: int,
                        **extra: Any) -> Path:
-    values = {"agent_id": agent_id, "site": "cam-1", "device": "rpi3", "control_plane": control_plane,
-              "ca_cert": str(certs / "ca.pem"), "cert": str(certs / "agents" / agent_id / "agent.pem"),
-              "key": str(certs / "agents" / agent_id / "agent.key"),
-              "token_file": str(certs / "agents" / agent_id / "token"), "listen": f"127.0.0.1:{listen_port}",
-              "backoff_initial_s": 0.2, "backoff_max_s": 1.0, "telemetry_interval_s": 1.0,
-              "probe_interval_s": 2.0, "cloud_timeout_s": 2.0, **extra}
-    lines = [f"{k} = {json.dumps(v)}" for k, v in values.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    """An agent config with fast backoff and telemetry, for tests."""
+    fast = {"backoff_initial_s": 0.2, "backoff_max_s": 1.0, "telemetry_interval_s": 1.0, "probe_interval_s": 2.0,
+            "cloud_timeout_s": 2.0}
+    return write_config(path, certs_dir=certs, agent_id=agent_id, site="cam-1", device="rpi3",
+                        control_plane=control_plane, listen=f"127.0.0.1:{listen_port}", **{**fast, **extra})
 
 
 def start_agent(config: Path, log: Path) -> subprocess.Popen:
