@@ -411,9 +411,9 @@ class EdgeAgent:
     def _cloud_infer(self, bundle: _Bundle, activation: Any, traceparent: str) -> tuple[Any, list[int], float]:
         inf = _proto.load("inference_pb2")
         stubs = _proto.load("inference_pb2_grpc")
-        request = inf.InferRequest(model=bundle.model, split=bundle.split, exit=bundle.exit,
-                                   tensor=_proto.encode_tensor(activation, arrow=self.config.arrow),
-                                   request_id=secrets.token_hex(8))
+        tensors = [_proto.encode_tensor(t, arrow=self.config.arrow) for t in _as_tuple(activation)]
+        request = inf.InferRequest(model=bundle.model, split=bundle.split, exit=bundle.exit, tensor=tensors[0],
+                                   extra_tensors=tensors[1:], request_id=secrets.token_hex(8))
         self.uplink.consume(request.ByteSize())
         stub = stubs.InferenceStub(self._cloud_channel(bundle.target, bundle.tls))
         reply = stub.Infer(request, timeout=self.config.cloud_timeout_s,
@@ -431,7 +431,7 @@ class EdgeAgent:
         for exit_index, module in bundle.local_exits:
             try:
                 with torch.no_grad():
-                    return module(activation), exit_index
+                    return module(*_as_tuple(activation)), exit_index
             except RuntimeError as err:  # e.g. out of memory: try the next shallower exit
                 errors.append(f"exit {exit_index}: {str(err)[:100]}")
         with self._lock:
@@ -535,6 +535,11 @@ class EdgeAgent:
                       "inference_target": bundle.target}
         return {"agent_id": self.config.agent_id, "site": self.config.site, "device": self.config.device,
                 "uplink_mbps": self.uplink.uplink_mbps, "loaded": loaded, **state, **counts}
+
+
+def _as_tuple(activation: Any) -> tuple:
+    """The head's output as the tuple of tensors the tail takes (a DAG cut may send several)."""
+    return tuple(activation) if isinstance(activation, (tuple, list)) else (activation,)
 
 
 def _quantile(sorted_values: list[float], q: float) -> float:

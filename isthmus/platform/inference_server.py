@@ -52,17 +52,18 @@ class _Servicer:
                           f"no tail for model={request.model[:64]!r} split={request.split} exit={request.exit}. "
                           "To fix: follow the current plan's split/exit (or register that tail).")
         try:
-            array = _proto.decode_tensor(request.tensor, max_bytes=self._server.max_request_bytes)
+            arrays = [_proto.decode_tensor(t, max_bytes=self._server.max_request_bytes)
+                      for t in (request.tensor, *request.extra_tensors)]
         except _proto.TensorDecodeError as err:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         start = time.perf_counter()
         try:
             with torch.no_grad():
-                out = tail(torch.from_numpy(array.copy()))
+                out = tail(*(torch.from_numpy(a.copy()) for a in arrays))
         except RuntimeError as err:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"tail {key} cannot run on a tensor of shape {list(array.shape)}: {str(err)[:200]}. "
-                          "To fix: send the activation the head partition produces.")
+                          f"tail {key} cannot run on tensors of shape {[list(a.shape) for a in arrays]}: "
+                          f"{str(err)[:200]}. To fix: send the activation the head partition produces.")
         server_ms = (time.perf_counter() - start) * 1e3
         prediction = out.reshape(out.shape[0], -1).argmax(dim=1).tolist() if out.dim() else [int(out)]
         return pb.InferReply(output=_proto.encode_tensor(out), prediction=prediction,

@@ -180,3 +180,39 @@ def test_control_plane_restart_reconnects_and_resumes(world: _World) -> None:
     assert status(world.http_port)["loaded"]["split"] == 1
     world.publish_and_wait(2)  # and follows the plan again
     assert infer(world.http_port, world.x)[1]["split"] == 2
+
+
+class _TwoOut(torch.nn.Module):
+    """A DAG cut: the head sends two tensors (a conv branch and a pooled skip)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.relu(self.conv(x)), x.mean(dim=(2, 3))
+
+
+class _TwoIn(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(2 * 64 + 1, 10)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.cat([a.flatten(1), b], dim=1))
+
+
+def test_dag_cut_sends_several_tensors(world: _World) -> None:
+    from edge_helpers import _script_bytes
+
+    torch.manual_seed(3)
+    head, tail, local = _TwoOut().eval(), _TwoIn().eval(), _TwoIn().eval()
+    world.cloud.set_tail(("dag", 1, 2), _script_bytes(tail))
+    world.plan.publish({"cam-1": {"model": "dag", "split": 1, "exit": 2, "head": _script_bytes(head),
+                                  "local_exits": {1: _script_bytes(local)}, "inference_target": world.cloud.address,
+                                  "inference_tls": True}})
+    wait_for(lambda: (status(world.http_port).get("loaded") or {}).get("model") == "dag", 60, "the DAG partition")
+    code, reply = infer(world.http_port, world.x)
+    with torch.no_grad():
+        expected = tail(*head(world.x)).argmax(dim=1).tolist()
+    assert code == 200 and reply["source"] == "cloud" and reply["prediction"] == expected
