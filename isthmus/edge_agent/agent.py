@@ -157,6 +157,7 @@ class EdgeAgent:
         self._rng = random.Random()
         self._metadata = (("authorization", f"Bearer {config.token}"),)
         self._trace_lock = threading.Lock()
+        self._last_input: tuple[tuple[int, ...], Any] | None = None
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> "EdgeAgent":
@@ -321,9 +322,28 @@ class EdgeAgent:
         exits = []
         for local in sorted(a.local_exits, key=lambda e: -e.exit):
             exits.append((local.exit, self._module(local.partition)))
+        self._warm_up(head, exits)
         return _Bundle(version=a.version, model=a.model, split=a.split, exit=a.exit, head=head,
                        head_sha256=a.head.sha256 if head is not None else "", local_exits=tuple(exits),
                        target=a.inference_target, tls=a.inference_tls, key=_assignment_key(a))
+
+    def _warm_up(self, head: Any, exits: list[tuple[int, Any]]) -> None:
+        """Run new modules twice on zeros shaped like the last request (TorchScript optimises on the
+        first calls), before the swap, so the first requests after a switch are not slow."""
+        import torch
+
+        example = self._last_input
+        if example is None:
+            return
+        try:
+            with torch.no_grad():
+                for _ in range(2):
+                    activation = head(torch.zeros(example[0], dtype=example[1])) if head is not None else None
+                    for _, module in exits[:1]:
+                        if activation is not None:
+                            module(*_as_tuple(activation))
+        except RuntimeError as err:  # a new model with another input shape: nothing to warm up with
+            _log.info("warm-up skipped: %s", str(err)[:120])
 
     def _module(self, ref: Any) -> Any:
         import torch
@@ -377,6 +397,7 @@ class EdgeAgent:
         start_ns = time.time_ns()
         start = time.perf_counter()
         x = torch.from_numpy(np.ascontiguousarray(array))
+        self._last_input = (tuple(x.shape), x.dtype)
         try:
             with torch.no_grad():
                 activation = bundle.head(x) if bundle.head is not None else x

@@ -47,9 +47,9 @@ class AgentAssignment(BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     model: str = Field(description="Model name the cloud tail is registered under.")
-    split: int = Field(ge=0, description="Last layer run on the device (0 = send the raw input).")
-    exit: int = Field(ge=0, description="Early exit whose prediction the cloud returns.")
-    head: bytes | None = Field(None, description="TorchScript bytes of layers <= split (None iff split = 0).")
+    split: int = Field(ge=-1, description="Split index as the partitioner numbers it (last layer on the device).")
+    exit: int = Field(ge=-1, description="Early exit whose prediction the cloud returns (-1 = the final exit).")
+    head: bytes | None = Field(None, description="TorchScript bytes of layers <= split; None = send the raw input.")
     local_exits: dict[int, bytes] = Field(default_factory=dict,
                                           description="exit index -> TorchScript mapping the head's output to logits.")
     inference_target: str = Field(description="host:port of the cloud Inference endpoint.")
@@ -125,10 +125,9 @@ class PlanSource:
         built: dict[str, Any] = {}
         for key, raw in assignments.items():
             a = raw if isinstance(raw, AgentAssignment) else AgentAssignment.model_validate(raw)
-            if (a.head is None) != (a.split == 0):
-                raise ValueError(f"assignment {key!r}: split={a.split} but head is "
-                                 f"{'missing' if a.head is None else 'given'}. To fix: give head bytes "
-                                 "exactly when split > 0.")
+            if a.head is None and a.local_exits:
+                raise ValueError(f"assignment {key!r}: local_exits given without a head. To fix: local exits "
+                                 "read the head's output; give head bytes or drop local_exits.")
             msg = pb.Assignment(agent_id=key, model=a.model, split=a.split, exit=a.exit,
                                 inference_target=a.inference_target, inference_tls=a.inference_tls,
                                 assigned=True)

@@ -22,7 +22,7 @@ from isthmus.edge_agent import write_config
 INPUT_SHAPE = (1, 1, 8, 8)
 
 
-def _script_bytes(module: nn.Module) -> bytes:
+def script_bytes(module: nn.Module) -> bytes:
     buf = io.BytesIO()
     torch.jit.save(torch.jit.script(module.eval()), buf)
     return buf.getvalue()
@@ -44,13 +44,13 @@ class TinyChain:
                       nn.Linear(32, 10)]
 
     def head(self, split: int) -> bytes:
-        return _script_bytes(nn.Sequential(*self.layers[:split]))
+        return script_bytes(nn.Sequential(*self.layers[:split]))
 
     def tail(self, split: int, exit_index: int) -> bytes:
-        return _script_bytes(nn.Sequential(*self.layers[split:exit_index], self.exits[exit_index - 1]))
+        return script_bytes(nn.Sequential(*self.layers[split:exit_index], self.exits[exit_index - 1]))
 
     def local_exit(self, split: int) -> bytes:
-        return _script_bytes(self.exits[split - 1])
+        return script_bytes(self.exits[split - 1])
 
     def reference(self, x: torch.Tensor, exit_index: int) -> list[int]:
         with torch.no_grad():

@@ -203,13 +203,13 @@ class _TwoIn(torch.nn.Module):
 
 
 def test_dag_cut_sends_several_tensors(world: _World) -> None:
-    from edge_helpers import _script_bytes
+    from edge_helpers import script_bytes
 
     torch.manual_seed(3)
     head, tail, local = _TwoOut().eval(), _TwoIn().eval(), _TwoIn().eval()
-    world.cloud.set_tail(("dag", 1, 2), _script_bytes(tail))
-    world.plan.publish({"cam-1": {"model": "dag", "split": 1, "exit": 2, "head": _script_bytes(head),
-                                  "local_exits": {1: _script_bytes(local)}, "inference_target": world.cloud.address,
+    world.cloud.set_tail(("dag", 1, 2), script_bytes(tail))
+    world.plan.publish({"cam-1": {"model": "dag", "split": 1, "exit": 2, "head": script_bytes(head),
+                                  "local_exits": {1: script_bytes(local)}, "inference_target": world.cloud.address,
                                   "inference_tls": True}})
     wait_for(lambda: (status(world.http_port).get("loaded") or {}).get("model") == "dag", 60, "the DAG partition")
     code, reply = infer(world.http_port, world.x)

@@ -127,8 +127,8 @@ def test_plan_source_validates_and_versions() -> None:
     assert version == 1 and a.assigned and a.agent_id == "agent-x" and a.head.size_bytes == 10
     assert plan.store.get(a.head.partition_id) == b"head-bytes"
     assert not plan.assignment_for("agent-y", "cam-9")[1].assigned
-    with pytest.raises(ValueError, match="head is missing"):
-        plan.publish({"cam-1": {**good, "head": None}})
+    with pytest.raises(ValueError, match="local_exits given without a head"):
+        plan.publish({"cam-1": {**good, "head": None, "local_exits": {1: b"x"}}})
     with pytest.raises(ValueError, match="not host:port"):
         plan.publish({"cam-1": {**good, "inference_target": "nowhere"}})
     assert plan.version == 1  # a rejected publish changes nothing
