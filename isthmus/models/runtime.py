@@ -1,0 +1,43 @@
+"""Runtime helpers shared by training, compression and profiling: the cache directory and torch threads."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["cache_dir", "default_threads", "torch_threads"]
+
+
+def cache_dir(*parts: str) -> Path:
+    """`$ISTHMUS_CACHE/<parts...>` (created), default root `~/.cache/isthmus`."""
+    path = Path(os.environ.get("ISTHMUS_CACHE") or "~/.cache/isthmus").expanduser().joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def default_threads() -> int:
+    """Torch intra-op threads for measurements: `$ISTHMUS_THREADS`, default 1 (stable on a shared box)."""
+    value = os.environ.get("ISTHMUS_THREADS", "1")
+    try:
+        threads = int(value)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise ValueError(f"ISTHMUS_THREADS={value!r} is not a positive integer. To fix: export ISTHMUS_THREADS=1")
+    return threads
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None = None) -> Iterator[int]:
+    """Run the block with `threads` torch intra-op threads (default `default_threads()`), then restore."""
+    import torch
+
+    threads = threads or default_threads()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(before)
