@@ -143,7 +143,7 @@ class EdgeAgent:
         self._cp_channel: grpc.Channel | None = None
         self._watch_call: Any = None
         self._cloud_channels: dict[tuple[str, bool], grpc.Channel] = {}
-        self._module_cache: dict[str, Any] = {}
+        self._module_cache: dict[str, tuple[Any, bytes]] = {}  # sha256 -> (module, verified bytes)
         self._latencies_ms: deque[float] = deque(maxlen=_LATENCY_WINDOW)
         self._errors: deque[str] = deque(maxlen=50)
         self._counts = {"requests": 0, "local_exit_answers": 0, "failed": 0}
@@ -158,6 +158,7 @@ class EdgeAgent:
         self._metadata = (("authorization", f"Bearer {config.token}"),)
         self._trace_lock = threading.Lock()
         self._last_input: tuple[tuple[int, ...], Any] | None = None
+        self._fetched: dict[str, bytes] = {}
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> "EdgeAgent":
@@ -167,6 +168,7 @@ class EdgeAgent:
         from isthmus.edge_agent.http import serve_http
 
         self._http = serve_http(self)
+        self._restore_state()
         for name, target in (("cp-watch", self._control_loop), ("loader", self._loader_loop),
                              ("telemetry", self._telemetry_loop)):
             thread = threading.Thread(target=target, name=f"edge-agent-{name}", daemon=True)
@@ -301,7 +303,12 @@ class EdgeAgent:
                 attempt, delay = 0, None
                 continue
             try:
+                self._fetched = {}
                 self._bundle = self._load(desired)
+                try:
+                    self._save_state(desired, self._fetched)
+                except OSError as err:
+                    self._note_error(f"cannot save state to {self.config.state_dir}: {err}")
                 self._set_state(switches=self._state["switches"] + 1)
                 _log.info("switched to model %s split %d exit %d (plan version %d)", desired.model,
                           desired.split, desired.exit, desired.version)
@@ -349,16 +356,63 @@ class EdgeAgent:
         import torch
 
         if ref.sha256 in self._module_cache:
-            return self._module_cache[ref.sha256]
-        data = self._fetch(ref)
-        module = torch.jit.load(io.BytesIO(data), map_location="cpu")
-        module.eval()
-        if len(self._module_cache) >= 16:
-            self._module_cache.pop(next(iter(self._module_cache)))
-        self._module_cache[ref.sha256] = module
+            module, data = self._module_cache[ref.sha256]
+        else:
+            data = self._fetch(ref)
+            module = torch.jit.load(io.BytesIO(data), map_location="cpu")
+            module.eval()
+            if len(self._module_cache) >= 16:
+                self._module_cache.pop(next(iter(self._module_cache)))
+            self._module_cache[ref.sha256] = (module, data)
+        self._fetched[ref.sha256] = data
         return module
 
+    def _restore_state(self) -> None:
+        """Load the last assignment from `state_dir` (its partitions are re-verified from disk)."""
+        if not self.config.state_dir:
+            return
+        path = self.config.state_dir / "assignment.pb"
+        if path.is_file():
+            assignment = _proto.load("control_plane_pb2").Assignment()
+            try:
+                assignment.ParseFromString(path.read_bytes())
+            except Exception as err:  # protobuf's DecodeError: a torn or foreign file
+                self._note_error(f"ignoring unreadable {path}: {err}")
+                return
+            with self._lock:
+                self._desired = assignment
+            self._desired_event.set()
+            _log.info("restoring plan version %d from %s", assignment.version, path)
+
+    def _save_state(self, assignment: Any, blobs: dict[str, bytes]) -> None:
+        if not self.config.state_dir:
+            return
+        parts = self.config.state_dir / "partitions"
+        parts.mkdir(parents=True, exist_ok=True)
+        for digest, data in blobs.items():
+            if not (parts / f"{digest}.pt").exists():
+                _atomic_write(parts / f"{digest}.pt", data)
+        _atomic_write(self.config.state_dir / "assignment.pb", assignment.SerializeToString())
+        keep = {f"{d}.pt" for d in _assignment_key_shas(assignment)}
+        for old in parts.glob("*.pt"):
+            if old.name not in keep:
+                old.unlink(missing_ok=True)
+
+    def _cached_bytes(self, ref: Any) -> bytes | None:
+        if not self.config.state_dir:
+            return None
+        path = self.config.state_dir / "partitions" / f"{ref.sha256}.pt"
+        if path.is_file():
+            data = path.read_bytes()
+            if hashlib.sha256(data).hexdigest() == ref.sha256:
+                return data
+            self._note_error(f"cached partition {path.name[:12]} fails its sha256; fetching it again")
+        return None
+
     def _fetch(self, ref: Any) -> bytes:
+        cached = self._cached_bytes(ref)
+        if cached is not None:
+            return cached
         cp = _proto.load("control_plane_pb2")
         stubs = _proto.load("control_plane_pb2_grpc")
         if ref.size_bytes > self.config.max_partition_bytes:
@@ -556,6 +610,16 @@ class EdgeAgent:
                       "inference_target": bundle.target}
         return {"agent_id": self.config.agent_id, "site": self.config.site, "device": self.config.device,
                 "uplink_mbps": self.uplink.uplink_mbps, "loaded": loaded, **state, **counts}
+
+
+def _assignment_key_shas(a: Any) -> list[str]:
+    return ([a.head.sha256] if a.HasField("head") else []) + [e.partition.sha256 for e in a.local_exits]
+
+
+def _atomic_write(path: Any, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
 
 
 def _as_tuple(activation: Any) -> tuple:

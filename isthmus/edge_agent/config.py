@@ -10,6 +10,8 @@
     token_file = "certs/agents/cam-1-a/token"   # or env ISTHMUS_AGENT_TOKEN
     listen = "127.0.0.1:8470"            # local HTTP endpoint for callers on the device
     uplink_mbps = 0                      # token-bucket limit of the agent's uplink (0 = none)
+    state_dir = "/var/lib/isthmus"       # optional: verified partitions + last assignment survive a
+                                         # restart, so the agent serves even if the control plane is down
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class AgentConfig:
     threads: int = 1
     profile_file: Path | None = None
     trace_file: Path | None = None
+    state_dir: Path | None = None
 
     def listen_host_port(self) -> tuple[str, int]:
         host, _, port = self.listen.rpartition(":")
@@ -64,7 +67,7 @@ class AgentConfig:
 
 
 _REQUIRED = ("agent_id", "site", "device", "control_plane", "ca_cert", "cert", "key")
-_PATHS = ("ca_cert", "cert", "key", "profile_file", "trace_file")
+_PATHS = ("ca_cert", "cert", "key", "profile_file", "trace_file", "state_dir")
 _POSITIVE = ("cloud_timeout_s", "telemetry_interval_s", "probe_interval_s", "backoff_initial_s",
              "backoff_max_s", "max_request_bytes", "max_partition_bytes", "threads")
 

@@ -9,6 +9,7 @@ the local early exit. Plus: plan changes switch the split atomically under load.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,11 +43,11 @@ class _World:
         self.cp_port = free_port()
         self.cp = ControlPlaneServer(self.plan, certs_dir=self.certs, port=self.cp_port).start()
         self.http_port = free_port()
-        config = write_agent_config(root / "agent.toml", self.certs, "cam-1-a",
-                                    control_plane=f"127.0.0.1:{self.cp_port}", listen_port=self.http_port,
-                                    trace_file=str(root / "spans.jsonl"))
+        self.config = write_agent_config(root / "agent.toml", self.certs, "cam-1-a",
+                                         control_plane=f"127.0.0.1:{self.cp_port}", listen_port=self.http_port,
+                                         trace_file=str(root / "spans.jsonl"), state_dir=str(root / "state"))
         self.log = root / "agent.log"
-        self.proc = start_agent(config, self.log)
+        self.proc = start_agent(self.config, self.log)
         self.x = torch.randn(4, *INPUT_SHAPE[1:], generator=torch.Generator().manual_seed(7))
 
     def assignment(self, split: int) -> dict:
@@ -57,12 +58,23 @@ class _World:
         wait_for(lambda: (status(self.http_port).get("loaded") or {}).get("split") == split, 60,
                  f"the agent to load split {split}")
 
-    def close(self) -> None:
+    def restart_control_plane(self, split: int) -> None:
+        """A fresh control plane process state on the same port, fed the plan again by the optimizer."""
+        plan = PlanSource(PartitionStore(self.root / "partitions"))
+        plan.publish({"cam-1": self.assignment(split)})
+        self.plan = plan
+        self.cp = ControlPlaneServer(plan, certs_dir=self.certs, port=self.cp_port).start()
+
+    def stop_agent(self) -> None:
         self.proc.terminate()
         try:
             self.proc.wait(timeout=15)
-        except Exception:
+        except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait(timeout=15)
+
+    def close(self) -> None:
+        self.stop_agent()
         self.cp.stop()
         self.cloud.stop()
 
@@ -171,10 +183,7 @@ def test_control_plane_restart_reconnects_and_resumes(world: _World) -> None:
     code, reply = infer(world.http_port, world.x)  # keeps serving the planned split meanwhile
     assert code == 200 and reply["source"] == "cloud" and reply["split"] == 1
     time.sleep(1.5)  # a few reconnect attempts with backoff fail
-    plan = PlanSource(PartitionStore(world.root / "partitions"))  # a fresh control plane process state
-    plan.publish({"cam-1": world.assignment(1)})
-    world.plan = plan
-    world.cp = ControlPlaneServer(plan, certs_dir=world.certs, port=world.cp_port).start()
+    world.restart_control_plane(1)
     wait_for(lambda: status(world.http_port)["registrations"] > registrations and status(world.http_port)["connected"],
              60, "the agent to re-register")
     assert status(world.http_port)["loaded"]["split"] == 1
@@ -216,3 +225,19 @@ def test_dag_cut_sends_several_tensors(world: _World) -> None:
     with torch.no_grad():
         expected = tail(*head(world.x)).argmax(dim=1).tolist()
     assert code == 200 and reply["source"] == "cloud" and reply["prediction"] == expected
+
+
+def test_agent_restart_while_control_plane_down_serves_saved_partition(world: _World) -> None:
+    world.publish_and_wait(1)
+    world.cp.stop()
+    world.stop_agent()
+    world.proc = start_agent(world.config, world.root / "agent-restarted.log")
+    loaded = wait_for(lambda: world.proc.poll() is not None or status(world.http_port).get("loaded"), 120,
+                      "the restarted agent to load its saved partition")
+    assert world.proc.poll() is None and loaded["split"] == 1
+    code, reply = infer(world.http_port, world.x)
+    assert code == 200 and reply["source"] == "cloud" and reply["prediction"] == world.chain.reference(world.x, 3)
+    assert status(world.http_port)["connected"] is False and status(world.http_port)["registrations"] == 0
+    world.restart_control_plane(2)
+    wait_for(lambda: status(world.http_port)["connected"] and status(world.http_port)["loaded"]["split"] == 2, 60,
+             "the agent to connect and follow the plan")
