@@ -23,6 +23,7 @@ _COMMAND_MODULES = [
     "isthmus.platform.fleet_commands",
     "isthmus.optimizer.commands",
     "isthmus.partition.commands",
+    "isthmus.actors.commands",
 ]
 
 
