@@ -1,0 +1,120 @@
+"""Ray cluster bring-up: one Ray node per region and edge site, marked by a custom resource.
+
+A region `us-east` is a node with resource `region:us-east`, an edge site `cam-1` one with
+`edge:cam-1` (1 unit each; deployments ask for 0.01 to pin themselves). `start_local_cluster`
+builds that with `ray.cluster_utils.Cluster` on one machine (a head plus one small node per site:
+1 logical CPU, a 80 MB object store, no dashboard, so 2 cores suffice); `connect` joins an existing
+cluster (`ray://host:10001` or `auto`) and checks every site of the spec has a live node.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from isthmus.spec import Spec
+
+__all__ = ["ClusterError", "site_resources", "missing_sites", "start_local_cluster", "connect", "node_sites"]
+
+_OBJECT_STORE_BYTES = 80 * 1024 * 1024
+
+
+class ClusterError(RuntimeError):
+    """The cluster does not match the spec (a site without a node), or could not be reached."""
+
+
+def site_resources(spec: Spec) -> dict[str, str]:
+    """site name → its custom resource (`region:<name>` or `edge:<name>`)."""
+    out = {r.name: f"region:{r.name}" for r in spec.regions}
+    out.update({e.name: f"edge:{e.name}" for e in spec.edge_sites})
+    return out
+
+
+def node_sites(nodes: Iterable[dict[str, Any]]) -> dict[str, list[str]]:
+    """resource (`region:…`/`edge:…`) → ids of the alive nodes (as `ray.nodes()` lists them) that carry it."""
+    out: dict[str, list[str]] = {}
+    for node in nodes:
+        if not node.get("Alive", node.get("alive", False)):
+            continue
+        for resource in node.get("Resources", {}):
+            if resource.startswith(("region:", "edge:")):
+                out.setdefault(resource, []).append(node.get("NodeID", ""))
+    return out
+
+
+def missing_sites(spec: Spec, nodes: Iterable[dict[str, Any]]) -> list[str]:
+    """Sites of `spec` with no alive node carrying their resource."""
+    present = node_sites(nodes)
+    return [site for site, resource in site_resources(spec).items() if resource not in present]
+
+
+def start_local_cluster(spec: Spec, num_cpus_per_node: int = 1, object_store_bytes: int = _OBJECT_STORE_BYTES,
+                        connect_driver: bool = True, namespace: str = "isthmus"):
+    """Start `ray.cluster_utils.Cluster`: a head (resource `isthmus:head`) and one node per site.
+
+    Returns the Cluster (its `.address` is the GCS address; `.shutdown()` stops every node).
+    With `connect_driver`, this process is connected to it (`ray.init(address=..., namespace=...)`).
+    """
+    if not spec.regions and not spec.edge_sites:
+        raise ClusterError(f"spec {spec.name!r} has no regions and no edge sites, so there is no node to start. "
+                           "To fix: add a region or an edge site to the spec")
+    import ray
+    from ray.cluster_utils import Cluster
+
+    common = {"num_cpus": num_cpus_per_node, "object_store_memory": object_store_bytes}
+    cluster = Cluster(initialize_head=True, head_node_args={
+        **common, "include_dashboard": False, "resources": {"isthmus:head": 1.0}})
+    try:
+        for resource in site_resources(spec).values():
+            cluster.add_node(**common, resources={resource: 1.0})
+        cluster.wait_for_nodes()
+        if connect_driver:
+            ray.init(address=cluster.address, namespace=namespace, log_to_driver=False)
+            _wait_for_sites(spec, timeout_s=60.0)
+    except BaseException:
+        if ray.is_initialized():
+            ray.shutdown()
+        cluster.shutdown()
+        raise
+    return cluster
+
+
+def _wait_for_sites(spec: Spec, timeout_s: float) -> None:
+    import time
+
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        missing = missing_sites(spec, ray.nodes())
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise ClusterError(_missing_message(spec, missing))
+        time.sleep(0.2)
+
+
+def _missing_message(spec: Spec, missing: list[str]) -> str:
+    resources = site_resources(spec)
+    hints = ", ".join(f"{site}: --resources='{{\"{resources[site]}\": 1}}'" for site in missing)
+    return (f"sites {missing} of spec {spec.name!r} have no node in the cluster. "
+            f"To fix: start a node per site with its resource ({hints}), e.g. with the Terraform modules")
+
+
+def connect(spec: Spec, address: str, namespace: str = "isthmus") -> dict[str, list[str]]:
+    """Join an existing cluster (`ray://host:port`, `auto` or a GCS address) and check every site has a node.
+
+    Returns resource → node ids. Raises ClusterError naming the missing sites (and disconnects).
+    """
+    import ray
+
+    try:
+        ray.init(address=address, namespace=namespace, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise ClusterError(f"cannot connect to Ray at {address!r}: {str(err).splitlines()[0]}. To fix: start the "
+                           "cluster (isthmus up SPEC --local, or the Terraform modules) and pass its address") from None
+    nodes = ray.nodes()
+    missing = missing_sites(spec, nodes)
+    if missing:
+        ray.shutdown()
+        raise ClusterError(_missing_message(spec, missing))
+    return node_sites(nodes)

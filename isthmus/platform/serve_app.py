@@ -1,0 +1,603 @@
+"""Ray Serve application from a Plan: an ingress that routes by the plan's fractions to pinned site deployments.
+
+Layout (one Serve *application* per box, so a re-plan adds or retires a site without touching the rest):
+
+    isthmus-ingress  (route "/", HTTP JSON and Serve gRPC `isthmus.v1.Inference/Infer`)
+        └─ picks a route per request: smooth weighted round-robin over the service's routes with
+           weights = plan fractions, so after n requests each route r has served n·x_r ± 1
+           (retries go to the next route of the service when a site fails)
+    isthmus-site-<site>-<model>-<version>   one per (site, model version) of the plan
+        └─ SiteModel, pinned with ray_actor_options={"resources": {"region:<site>": 0.01}}
+           (edge sites: "edge:<site>"), calls its node's Triton over gRPC (tritonclient.grpc.aio)
+
+The routing table lives in the ingress's `user_config`, so new weights apply in place
+(`reconfigure`, no restart). `serve_config(plan, ...)` returns the Serve deploy config (the YAML of
+`isthmus serve-config`), `apply_serve_config` deploys it on the connected cluster, and `rollout`
+moves a running app from one plan to the next without dropping requests: start new site apps,
+switch weights, then retire old site apps.
+
+HTTP request (POST /): `{"service": "detect", "input": [[...]]}` or, from an edge agent,
+`{"service": "detect", "activation": [[...]], "split": 3, "exit": null}`; `traceparent` header
+optional. Reply: `{"output", "prediction", "site", "model_version", "node_id", "attempts", "trace_id"}`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any, Iterable
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from isthmus.spec import Plan, Spec
+
+__all__ = [
+    "INGRESS_APP", "RouteEntry", "RoutingTable", "WeightedRouter", "routing_table", "site_app_name",
+    "triton_model_name", "site_resource", "serve_config", "apply_serve_config", "rollout", "ingress_app",
+    "site_app", "add_InferenceServicer_to_server", "device_actor_name", "DEVICE_NAMESPACE",
+]
+
+INGRESS_APP = "isthmus-ingress"
+DEVICE_NAMESPACE = "isthmus"
+_SITE_PREFIX = "isthmus-site-"
+_GRPC_SERVICER = "isthmus.platform.serve_app.add_InferenceServicer_to_server"
+
+
+class RouteEntry(BaseModel):
+    """One weighted target of a service: a site app and the Triton model it runs for this route."""
+
+    model_config = ConfigDict(extra="forbid")
+    app: str = Field(description="Serve application of the (site, model version) deployment.")
+    site: str
+    model: str
+    version: str
+    fraction: float = Field(ge=0, description="Plan fraction x_{s,r} of the service's requests.")
+    split: int | None = None
+    exit: int | None = None
+    triton_model: str = Field(description="Triton model name run for this route.")
+    latency_ms: float = Field(description="Plan's predicted route latency L_r, ms.")
+
+
+class RoutingTable(BaseModel):
+    """The ingress's `user_config`: routes per service and the plan version they come from."""
+
+    model_config = ConfigDict(extra="forbid")
+    plan_version: int = 0
+    services: dict[str, list[RouteEntry]] = Field(default_factory=dict)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "x"
+
+
+def site_app_name(site: str, model: str, version: str) -> str:
+    """Serve application name of the (site, model version) deployment."""
+    return f"{_SITE_PREFIX}{_slug(site)}-{_slug(model)}-{_slug(version)}"
+
+
+def triton_model_name(model: str, version: str, split: int | None = None, exit: int | None = None) -> str:
+    """Triton model name of a route: `<model>_<version>`, plus `_s<k>` for a split tail, `_e<e>` for an exit."""
+    name = f"{_slug(model)}_{_slug(version)}"
+    if split is not None:
+        name += f"_s{split}"
+    if exit is not None:
+        name += f"_e{exit}"
+    return name
+
+
+def device_actor_name(site: str) -> str:
+    """Name (in namespace DEVICE_NAMESPACE) under which a site's DeviceActor is registered."""
+    return f"isthmus-device:{site}"
+
+
+def site_resource(site: str, spec: Spec | None = None, edge: bool | None = None) -> str:
+    """`region:<site>` or `edge:<site>`: the custom resource of the site's Ray node."""
+    if spec is not None:
+        edge = site in {e.name for e in spec.edge_sites}
+        if not edge and site not in {r.name for r in spec.regions}:
+            raise ValueError(f"site {site!r} is neither a region nor an edge site of spec {spec.name!r}. "
+                             "To fix: plan with the same spec you deploy")
+    return f"{'edge' if edge else 'region'}:{site}"
+
+
+def _model_of(spec: Spec | None, service: str) -> str:
+    if spec is None:
+        return ""
+    model = next((s.model for s in spec.services if s.name == service), None)
+    if model is None:
+        raise ValueError(f"plan service {service!r} is not in spec {spec.name!r}. To fix: pass the spec the plan "
+                         "was made from")
+    return model
+
+
+def routing_table(plan: Plan, spec: Spec | None = None, plan_version: int = 0) -> RoutingTable:
+    """The ingress's routes from a plan: per service, its routes with weight = fraction (zero-weight routes dropped).
+
+    The model of a route is the service's model in `spec`; without a spec it is read from the
+    plan's instances (`<model>/<version>` at that site).
+    """
+    services: dict[str, list[RouteEntry]] = {}
+    for route in plan.routes:
+        if route.fraction <= 0:
+            continue
+        model = _model_of(spec, route.service) or _model_from_instances(plan, route.site, route.model_version)
+        services.setdefault(route.service, []).append(RouteEntry(
+            app=site_app_name(route.site, model, route.model_version), site=route.site, model=model,
+            version=route.model_version, fraction=route.fraction, split=route.split, exit=route.exit,
+            triton_model=triton_model_name(model, route.model_version, route.split, route.exit),
+            latency_ms=route.latency_ms))
+    return RoutingTable(plan_version=plan_version, services=services)
+
+
+def _model_from_instances(plan: Plan, site: str, version: str) -> str:
+    models = sorted({i.model_version.split("/", 1)[0] for i in plan.instances
+                     if i.site == site and i.model_version.split("/", 1)[-1] == version})
+    if len(models) != 1:
+        raise ValueError(f"cannot tell which model version {version!r} at site {site!r} belongs to (plan instances "
+                         f"give {models or 'none'}). To fix: pass the spec (--spec SPEC)")
+    return models[0]
+
+
+class WeightedRouter:
+    """Smooth weighted round-robin (nginx): after n picks, target i was picked n·w_i/Σw ± 1 times.
+
+    Each pick adds w_i to every current score, takes the largest and subtracts Σw from it.
+    `pick(exclude)` skips excluded targets (a retry) without disturbing the schedule.
+    """
+
+    def __init__(self, weights: Iterable[float]):
+        self.weights = [float(w) for w in weights]
+        if not self.weights or any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
+            raise ValueError(f"weights {self.weights} must be >= 0 with a positive sum. To fix: check the plan's "
+                             "fractions")
+        self._score = [0.0] * len(self.weights)
+        self._total = sum(self.weights)
+
+    def pick(self, exclude: Iterable[int] = ()) -> int:
+        excluded = set(exclude)
+        if excluded:
+            left = [i for i in range(len(self.weights)) if i not in excluded]
+            if not left:
+                raise LookupError("every target is excluded")
+            return max(left, key=lambda i: (self.weights[i], -i))
+        for i, w in enumerate(self.weights):
+            self._score[i] += w
+        best = max(range(len(self._score)), key=lambda i: (self._score[i], -i))
+        self._score[best] -= self._total
+        return best
+
+
+# ---------------------------------------------------------------- Serve config
+
+def serve_config(plan: Plan, spec: Spec | None = None, *, triton_urls: dict[str, str] | None = None,
+                 http_port: int = 8000, grpc_port: int = 9000, tracing: dict[str, Any] | None = None,
+                 plan_version: int = 0, keep_apps: Iterable[dict] = (), ingress_replicas: int = 1) -> dict:
+    """The Serve deploy config (a `ServeDeploySchema` dict) that runs `plan`.
+
+    Site apps are pinned by resource `region:<site>` / `edge:<site>` (0.01 of the node's unit, num_cpus 0).
+    `triton_urls` maps site → Triton gRPC address; a missing site resolves at start-up through its
+    DeviceActor (`device_actor_name(site)`). `keep_apps` are extra site app configs to keep running
+    (used by `rollout`).
+    """
+    table = routing_table(plan, spec, plan_version)
+    urls = dict(triton_urls or {})
+    site_apps: dict[str, dict] = {}
+    for entries in table.services.values():
+        for entry in entries:
+            if entry.app in site_apps:
+                continue
+            edge = None if spec is not None else _is_edge_site(plan, entry.site)
+            resource = site_resource(entry.site, spec, edge)
+            site_apps[entry.app] = {
+                "name": entry.app, "route_prefix": None,
+                "import_path": "isthmus.platform.serve_app:site_app",
+                "args": {"site": entry.site, "model": entry.model, "version": entry.version,
+                         "triton_url": urls.get(entry.site), "tracing": tracing or {}},
+                "deployments": [{"name": "SiteModel", "num_replicas": 1, "max_ongoing_requests": 64,
+                                 "ray_actor_options": {"num_cpus": 0, "resources": {resource: 0.01}}}],
+            }
+    for app in keep_apps:
+        site_apps.setdefault(app["name"], app)
+    ingress = {
+        "name": INGRESS_APP, "route_prefix": "/",
+        "import_path": "isthmus.platform.serve_app:ingress_app",
+        "args": {"tracing": tracing or {}},
+        "deployments": [{"name": "Ingress", "num_replicas": ingress_replicas, "max_ongoing_requests": 256,
+                         "user_config": table.model_dump(mode="json"),
+                         "ray_actor_options": {"num_cpus": 0}}],
+    }
+    return {"proxy_location": "HeadOnly",
+            "http_options": {"host": "127.0.0.1", "port": http_port},
+            "grpc_options": {"port": grpc_port, "grpc_servicer_functions": [_GRPC_SERVICER]},
+            "applications": [ingress, *sorted(site_apps.values(), key=lambda a: a["name"])]}
+
+
+def _is_edge_site(plan: Plan, site: str) -> bool:
+    """Without a spec: a site whose routes have no instance type is an edge site (Plan contract)."""
+    return any(r.site == site and r.instance_type is None for r in plan.routes)
+
+
+def _statuses() -> dict[str, Any]:
+    from ray import serve
+
+    return dict(serve.status().applications)
+
+
+def apply_serve_config(config: dict, timeout_s: float = 180.0, wait_for: Iterable[str] | None = None) -> None:
+    """Deploy a Serve config on the connected Ray cluster (starting Serve with its HTTP/gRPC options).
+
+    Waits until every application of the config is RUNNING (or those in `wait_for`) and every
+    application not in the config is gone; raises TimeoutError naming the stragglers.
+    """
+    from ray import serve
+    from ray.serve.config import HTTPOptions, gRPCOptions
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(config)
+    serve.start(proxy_location=config.get("proxy_location", "HeadOnly"),
+                http_options=HTTPOptions(**config.get("http_options", {})),
+                grpc_options=gRPCOptions(**config.get("grpc_options", {})))
+    _get_global_client().deploy_apps(schema)
+    names = {a["name"] for a in config["applications"]}
+    wanted = set(wait_for) if wait_for is not None else names
+    deadline = time.monotonic() + timeout_s
+    while True:
+        statuses = _statuses()
+        failed = {n: s.message for n, s in statuses.items() if n in names and str(s.status).endswith("DEPLOY_FAILED")}
+        if failed:
+            raise RuntimeError(f"Serve applications failed to deploy: {failed}. To fix: read the messages above")
+        pending = sorted(n for n in wanted if n not in statuses or not str(statuses[n].status).endswith("RUNNING"))
+        leftover = sorted(n for n in statuses if n not in names)
+        if not pending and not leftover:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"after {timeout_s:.0f} s: not running {pending}, not yet deleted {leftover}. "
+                               "To fix: check that every site of the plan has a node (isthmus up) and its Triton "
+                               "is reachable")
+        time.sleep(0.25)
+
+
+def _ingress_plan_version() -> int:
+    from ray import serve
+
+    return serve.get_deployment_handle("Ingress", INGRESS_APP).plan_version.remote().result(timeout_s=30)
+
+
+def rollout(old_config: dict | None, new_config: dict, timeout_s: float = 180.0) -> dict[str, float]:
+    """Move the running app from `old_config` to `new_config` without dropping a request.
+
+    1. start the new site apps next to the old ones (ingress still on the old weights);
+    2. switch the ingress's weights in place (`user_config` → `reconfigure`) and wait until it serves them;
+    3. retire the site apps the new plan no longer uses (Serve drains their in-flight requests).
+    Returns seconds per step.
+    """
+    seconds: dict[str, float] = {}
+    new_sites = [a for a in new_config["applications"] if a["name"] != INGRESS_APP]
+    if old_config is None:
+        start = time.monotonic()
+        apply_serve_config(new_config, timeout_s)
+        return {"deploy_s": time.monotonic() - start}
+    old_ingress = next(a for a in old_config["applications"] if a["name"] == INGRESS_APP)
+    old_sites = [a for a in old_config["applications"] if a["name"] != INGRESS_APP]
+    union = {a["name"]: a for a in old_sites}
+    union.update({a["name"]: a for a in new_sites})
+    step = dict(new_config, applications=[old_ingress, *union.values()])
+    start = time.monotonic()
+    apply_serve_config(step, timeout_s)
+    seconds["start_new_s"] = time.monotonic() - start
+    new_ingress = next(a for a in new_config["applications"] if a["name"] == INGRESS_APP)
+    version = new_ingress["deployments"][0]["user_config"]["plan_version"]
+    start = time.monotonic()
+    apply_serve_config(dict(new_config, applications=[new_ingress, *union.values()]), timeout_s,
+                       wait_for=[a["name"] for a in new_sites])
+    deadline = time.monotonic() + timeout_s
+    while _ingress_plan_version() != version:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the ingress did not take plan version {version} within {timeout_s:.0f} s")
+        time.sleep(0.1)
+    seconds["switch_weights_s"] = time.monotonic() - start
+    start = time.monotonic()
+    apply_serve_config(new_config, timeout_s)
+    seconds["retire_old_s"] = time.monotonic() - start
+    return seconds
+
+
+# ---------------------------------------------------------------- gRPC servicer for Serve's proxy
+
+def add_InferenceServicer_to_server(servicer: Any, server: Any) -> None:  # noqa: N802 - grpc naming
+    """`isthmus.v1.Inference` registration for Serve's gRPC proxy (stubs are generated on first use)."""
+    from isthmus import _proto
+
+    _proto.load("inference_pb2_grpc").add_InferenceServicer_to_server(servicer, server)
+
+
+# ---------------------------------------------------------------- deployments
+
+_LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
+_BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128]
+
+
+class _Metrics:
+    """Prometheus metrics of one deployment through ray.util.metrics (exported by every node's Ray agent).
+
+    isthmus_requests_total, isthmus_errors_total (counters), isthmus_latency_ms and
+    isthmus_batch_size (histograms); tags: deployment, site, model_version.
+    """
+
+    def __init__(self, deployment: str):
+        from ray.util import metrics
+
+        tags = ("deployment", "site", "model_version")
+        self.deployment = deployment
+        self.requests = metrics.Counter("isthmus_requests_total", "Requests handled.", tag_keys=tags)
+        self.errors = metrics.Counter("isthmus_errors_total", "Requests that failed.", tag_keys=tags)
+        self.latency = metrics.Histogram("isthmus_latency_ms", "Request latency in ms.",
+                                         boundaries=_LATENCY_BOUNDARIES_MS, tag_keys=tags)
+        self.batch = metrics.Histogram("isthmus_batch_size", "Rows per request sent on.",
+                                       boundaries=_BATCH_BOUNDARIES, tag_keys=tags)
+
+    def observe(self, site: str, version: str, latency_ms: float, batch: int, ok: bool) -> None:
+        tags = {"deployment": self.deployment, "site": site, "model_version": version}
+        self.requests.inc(1, tags=tags)
+        if not ok:
+            self.errors.inc(1, tags=tags)
+        self.latency.observe(latency_ms, tags=tags)
+        self.batch.observe(batch, tags=tags)
+
+
+def _span(name: str, context: Any = None, kind: str = "INTERNAL", attributes: dict | None = None):
+    """A span context manager from this process's tracer, or a no-op one when tracing is off."""
+    import contextlib
+
+    from isthmus.platform.tracing import get_tracer
+
+    tracer = get_tracer()
+    if tracer is None:
+        return contextlib.nullcontext(None)
+    from opentelemetry.trace import SpanKind
+
+    return tracer.start_as_current_span(name, context=context, kind=getattr(SpanKind, kind),
+                                        attributes=attributes or {})
+
+
+class _SiteModel:
+    """Runs a (site, model version)'s Triton models on this node: one async gRPC call per request."""
+
+    def __init__(self, site: str, model: str, version: str, triton_url: str | None = None,
+                 tracing: dict | None = None):
+        from isthmus.platform.tracing import setup_tracing
+
+        self.site, self.model, self.version = site, model, version
+        self.triton_url = triton_url or _device_grpc_url(site)
+        setup_tracing(tracing, f"site:{site}")
+        self._metrics = _Metrics(site_app_name(site, model, version))
+        self._client: Any = None
+
+    def _triton(self):
+        if self._client is None:
+            import tritonclient.grpc.aio as aio
+
+            self._client = aio.InferenceServerClient(self.triton_url)
+        return self._client
+
+    async def __call__(self, payload: dict) -> dict:
+        """payload: {"array": np.ndarray, "triton_model": str, "carrier": {traceparent}} → output and where."""
+        import ray
+        from tritonclient.grpc import InferInput
+        from tritonclient.utils import np_to_triton_dtype
+
+        from isthmus.platform.tracing import extract_context, inject_traceparent
+        from isthmus.platform.triton import INPUT_NAME, OUTPUT_NAME
+
+        start = time.perf_counter()
+        array = np.ascontiguousarray(payload["array"])
+        ok = False
+        try:
+            with _span(f"deployment {self.site}/{self.model}/{self.version}", extract_context(payload.get("carrier")),
+                       "SERVER", {"isthmus.site": self.site, "isthmus.model_version": self.version}):
+                with _span("triton.infer", kind="CLIENT", attributes={"rpc.system": "grpc",
+                                                                      "isthmus.triton_model": payload["triton_model"],
+                                                                      "net.peer": self.triton_url}):
+                    tensor = InferInput(INPUT_NAME, list(array.shape), np_to_triton_dtype(array.dtype))
+                    tensor.set_data_from_numpy(array)
+                    triton_start = time.perf_counter()
+                    result = await self._triton().infer(payload["triton_model"], [tensor],
+                                                        headers=inject_traceparent(), client_timeout=30.0)
+                    triton_ms = (time.perf_counter() - triton_start) * 1000
+            ok = True
+        finally:
+            self._metrics.observe(self.site, self.version, (time.perf_counter() - start) * 1000,
+                                  int(array.shape[0]) if array.ndim else 1, ok)
+        return {"output": result.as_numpy(OUTPUT_NAME), "site": self.site, "model_version": self.version,
+                "node_id": ray.get_runtime_context().get_node_id(), "triton_ms": triton_ms}
+
+
+def _device_grpc_url(site: str) -> str:
+    import ray
+
+    try:
+        actor = ray.get_actor(device_actor_name(site), namespace=DEVICE_NAMESPACE)
+    except ValueError:
+        raise ValueError(f"site {site!r} has no triton_url and no DeviceActor named {device_actor_name(site)!r} "
+                         f"in namespace {DEVICE_NAMESPACE!r}. To fix: start the site's DeviceActor with that name, "
+                         "or pass triton_urls") from None
+    return ray.get(actor.grpc_url.remote(), timeout=30)
+
+
+class _BadRequest(ValueError):
+    """A request the ingress rejects (HTTP 400 / gRPC INVALID_ARGUMENT)."""
+
+
+class _Ingress:
+    """Routes each request to a site deployment by the plan's fractions; retries another site on failure."""
+
+    def __init__(self, tracing: dict | None = None):
+        from isthmus.platform.tracing import setup_tracing
+
+        setup_tracing(tracing, "ingress")
+        self._table = RoutingTable()
+        self._routers: dict[str, WeightedRouter] = {}
+        self._handles: dict[str, Any] = {}
+        self._metrics = _Metrics(INGRESS_APP)
+
+    def reconfigure(self, config: dict) -> None:
+        """New routing table (Serve calls this in place when `user_config` changes)."""
+        table = RoutingTable.model_validate(config)
+        self._routers = {s: WeightedRouter(e.fraction for e in entries) for s, entries in table.services.items()}
+        self._table = table
+
+    def plan_version(self) -> int:
+        return self._table.plan_version
+
+    def routes(self) -> dict:
+        return self._table.model_dump(mode="json")
+
+    def _handle(self, app: str):
+        if app not in self._handles:
+            from ray import serve
+
+            self._handles[app] = serve.get_deployment_handle("SiteModel", app)
+        return self._handles[app]
+
+    async def _route(self, service: str, array: np.ndarray, split: int | None, exit: int | None,
+                     carrier: dict | None) -> dict:
+        from isthmus.platform.tracing import extract_context, inject_traceparent
+
+        table, routers = self._table, self._routers
+        if service not in table.services:
+            raise _BadRequest(f"unknown service {service!r}. To fix: use one of {sorted(table.services)}")
+        entries = table.services[service]
+        eligible = [i for i, e in enumerate(entries) if e.split == split and (split is None or e.exit == exit)]
+        if not eligible:
+            offered = sorted({(e.split, e.exit) for e in entries}, key=str)
+            raise _BadRequest(f"service {service!r} has no route with split={split}, exit={exit}. "
+                              f"To fix: send one of (split, exit) {offered} (None = the raw input)")
+        excluded = {i for i in range(len(entries)) if i not in eligible}
+        router = routers[service]
+        attempts, errors = 0, []
+        start = time.perf_counter()
+        with _span("ingress", extract_context(carrier), "SERVER", {"isthmus.service": service}) as span:
+            index = router.pick(excluded) if excluded else router.pick()
+            while True:
+                entry = entries[index]
+                attempts += 1
+                if span is not None:
+                    span.set_attributes({"isthmus.site": entry.site, "isthmus.model_version": entry.version,
+                                         "isthmus.predicted_latency_ms": entry.latency_ms,
+                                         "isthmus.attempts": attempts})
+                try:
+                    reply = await self._handle(entry.app).remote(
+                        {"array": array, "triton_model": entry.triton_model, "carrier": inject_traceparent()})
+                    break
+                except Exception as err:  # noqa: BLE001 - a failed site: try the next route of the service
+                    errors.append(f"{entry.site}: {type(err).__name__}: {str(err)[:200]}")
+                    self._metrics.observe(entry.site, entry.version, (time.perf_counter() - start) * 1000,
+                                          int(array.shape[0]), False)
+                    excluded.add(index)
+                    if len(excluded) == len(entries):
+                        raise RuntimeError(f"every route of service {service!r} failed: {errors}") from None
+                    index = router.pick(excluded)
+            trace_id = f"{span.get_span_context().trace_id:032x}" if span is not None else None
+        self._metrics.observe(entry.site, entry.version, (time.perf_counter() - start) * 1000,
+                              int(array.shape[0]), True)
+        return dict(reply, attempts=attempts, trace_id=trace_id, service=service, plan_version=table.plan_version)
+
+    async def __call__(self, request: Any) -> Any:
+        """HTTP JSON: see the module docstring. 400 with a "To fix" message on bad input."""
+        from starlette.responses import JSONResponse
+
+        try:
+            body = await request.json()
+            service, array, split, exit = _parse_json_request(body)
+        except _BadRequest as err:
+            return JSONResponse({"error": str(err)}, status_code=400)
+        except ValueError as err:
+            return JSONResponse({"error": f"body is not JSON ({err}). To fix: POST a JSON object"}, status_code=400)
+        try:
+            reply = await self._route(service, array, split, exit, dict(request.headers))
+        except _BadRequest as err:
+            return JSONResponse({"error": str(err)}, status_code=400)
+        except RuntimeError as err:
+            return JSONResponse({"error": str(err)}, status_code=503)
+        output = reply.pop("output")
+        reply["output"] = output.tolist()
+        reply["prediction"] = output.reshape(output.shape[0], -1).argmax(axis=1).tolist()
+        return JSONResponse(reply)
+
+    async def Infer(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802 - gRPC method name
+        """Serve gRPC `isthmus.v1.Inference/Infer`: `model` names the service; split 0 = the raw input."""
+        from isthmus import _proto
+
+        pb = _proto.load("inference_pb2")
+        carrier = dict(grpc_context.invocation_metadata()) if grpc_context is not None else {}
+        start = time.perf_counter()
+        try:
+            array = _proto.decode_tensor(request.tensor)
+            split = request.split or None
+            reply = await self._route(request.model, array, split, request.exit if split else None, carrier)
+        except (_BadRequest, _proto.TensorDecodeError) as err:
+            import grpc
+
+            if grpc_context is not None:
+                grpc_context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+                grpc_context.set_details(str(err))
+            return pb.InferReply()
+        output = reply["output"]
+        return pb.InferReply(output=_proto.encode_tensor(output.astype(np.float32)),
+                             prediction=output.reshape(output.shape[0], -1).argmax(axis=1).tolist(),
+                             served_by=f"{reply['site']}@{reply['node_id']}",
+                             server_ms=(time.perf_counter() - start) * 1000)
+
+
+def _parse_json_request(body: Any) -> tuple[str, np.ndarray, int | None, int | None]:
+    if not isinstance(body, dict):
+        raise _BadRequest("body must be a JSON object. To fix: POST {\"service\": ..., \"input\": [[...]]}")
+    service = body.get("service")
+    if not isinstance(service, str):
+        raise _BadRequest(f"field 'service' is {service!r}. To fix: name a service of the plan")
+    has_input, has_activation = "input" in body, "activation" in body
+    if has_input == has_activation:
+        raise _BadRequest("give exactly one of 'input' or 'activation' (with 'split'). To fix: send the raw input, "
+                          "or the edge activation and its split")
+    split = body.get("split") if has_activation else None
+    if has_activation and not isinstance(split, int):
+        raise _BadRequest(f"field 'split' is {split!r}; an activation needs its split index. To fix: add "
+                          "\"split\": <k>")
+    exit = body.get("exit")
+    if exit is not None and not isinstance(exit, int):
+        raise _BadRequest(f"field 'exit' is {exit!r}. To fix: give an integer exit index or null")
+    dtype = body.get("dtype", "float32")
+    try:
+        array = np.asarray(body["activation" if has_activation else "input"], dtype=np.dtype(dtype))
+    except (TypeError, ValueError) as err:
+        raise _BadRequest(f"tensor does not parse as a rectangular {dtype} array ({err}). To fix: send a nested "
+                          "list of numbers with a leading batch dimension") from None
+    if array.ndim < 1 or array.shape[0] < 1:
+        raise _BadRequest(f"tensor has shape {list(array.shape)}. To fix: send a batch (leading dimension >= 1)")
+    return service, array, split, exit
+
+
+def _deployments():
+    from ray import serve
+
+    ingress = serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0})(_Ingress)
+    site = serve.deployment(name="SiteModel", ray_actor_options={"num_cpus": 0})(_SiteModel)
+    return ingress, site
+
+
+def ingress_app(args: dict):
+    """Serve application builder of the ingress (import path `isthmus.platform.serve_app:ingress_app`)."""
+    ingress, _ = _deployments()
+    return ingress.bind(tracing=args.get("tracing") or None)
+
+
+def site_app(args: dict):
+    """Serve application builder of one (site, model version) deployment."""
+    missing = [k for k in ("site", "model", "version") if not args.get(k)]
+    if missing:
+        raise ValueError(f"site app args miss {missing}. To fix: build the config with isthmus serve-config")
+    _, site = _deployments()
+    return site.bind(site=args["site"], model=args["model"], version=args["version"],
+                     triton_url=args.get("triton_url"), tracing=args.get("tracing") or None)
