@@ -4,6 +4,9 @@ A `DeviceSet` is what a placement places onto: `n` devices with compute speed, m
 link per ordered pair (latency_ms, bandwidth_gbps). A tensor of `b` bytes crosses a link in
 `latency_ms + b / (bandwidth_gbps · 1e6)` ms (GB/s = 1e6 bytes/ms).
 
+GPU op latencies are the host CPU's measured ones scaled by the roofline (see `graph`), divided
+by `util`: a batch-1 op reaches about 30% of a GPU's roofline but about all of a CPU's.
+
 `KINDS` holds public specs of GPU kinds (FP32 TFLOPS, memory bandwidth, memory) and the
 hourly price per GPU AutoDeep's table gives; "cpu" is this machine, measured once per process.
 """
@@ -30,7 +33,8 @@ class DeviceKind:
     tflops: float
     mem_bw_gbps: float
     mem_gb: float
-    launch_ms: float = 0.005  # per-op kernel launch overhead (0 on the host CPU: it is in the measurement)
+    launch_ms: float = 0.010  # per-op kernel launch overhead (0 on the host CPU: it is in the measurement)
+    util: float = 0.3  # fraction of the roofline a batch-1 op reaches, relative to the measured host CPU
     price_per_hour: float = 0.0
     intra_link: str = "pcie"  # how devices of this kind talk inside one instance
 
@@ -100,15 +104,15 @@ def host_kind(threads: int | None = None) -> DeviceKind:
         gflops, bw = _measure_gflops(threads), _measure_mem_bw_gbps(threads)
     finally:
         torch.set_num_threads(before)
-    return DeviceKind("cpu", gflops / 1000.0, bw, 24.0, launch_ms=0.0)
+    return DeviceKind("cpu", gflops / 1000.0, bw, 24.0, launch_ms=0.0, util=1.0)
 
 
 def kind_from_spec(name: str, device: Device) -> DeviceKind:
     """A spec `devices:` entry as a DeviceKind (memory bandwidth from `KINDS` or ~40 B/FLOP·TFLOPS if absent)."""
     known = KINDS.get(name)
     bw = device.mem_bw_gbps or (known.mem_bw_gbps if known else 40.0 * device.tflops)
-    launch = 0.0 if device.kind == "cpu" else 0.005
-    return DeviceKind(name, device.tflops, bw, device.mem_gb, launch_ms=launch,
+    cpu = device.kind == "cpu"
+    return DeviceKind(name, device.tflops, bw, device.mem_gb, launch_ms=0.0 if cpu else 0.010, util=1.0 if cpu else 0.3,
                       intra_link=known.intra_link if known else "pcie")
 
 
