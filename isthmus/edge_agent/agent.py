@@ -491,8 +491,9 @@ class EdgeAgent:
                                    extra_tensors=tensors[1:], request_id=secrets.token_hex(8))
         self.uplink.consume(request.ByteSize())
         stub = stubs.InferenceStub(self._cloud_channel(bundle.target, bundle.tls))
-        reply = stub.Infer(request, timeout=self.config.cloud_timeout_s,
-                           metadata=(*self._metadata, ("traceparent", traceparent)))
+        # the bearer token travels only over TLS
+        metadata = (*self._metadata, ("traceparent", traceparent)) if bundle.tls else (("traceparent", traceparent),)
+        reply = stub.Infer(request, timeout=self.config.cloud_timeout_s, metadata=metadata)
         try:
             logits = _proto.decode_tensor(reply.output)
         except _proto.TensorDecodeError as err:
@@ -540,7 +541,8 @@ class EdgeAgent:
             request = inf.ProbeRequest(payload=b"\0" * size)
             start = time.perf_counter()
             self.uplink.consume(request.ByteSize())
-            stub.Probe(request, timeout=self.config.cloud_timeout_s + 8 * size / 1e5, metadata=self._metadata)
+            stub.Probe(request, timeout=self.config.cloud_timeout_s + 8 * size / 1e5,
+                       metadata=self._metadata if bundle.tls else ())
             timings.append(time.perf_counter() - start)
         mbps = 8 * (big - 64) / max(timings[1] - timings[0], 1e-6) / 1e6
         self._set_state(uplink_probe_mbps=mbps, rtt_ms=timings[0] * 1e3)

@@ -110,6 +110,8 @@ def _make_handler(agent: Any) -> type[BaseHTTPRequestHandler]:
                     array = _decode_input(self, body)
                     self._send(200, agent.infer(array, traceparent=self.headers.get("traceparent", "")))
                 elif self.path == "/admin/uplink":
+                    if self.client_address[0] not in ("127.0.0.1", "::1"):
+                        raise _BadRequest("/admin/* answers only callers on this device (loopback).", 403)
                     try:
                         mbps = float(json.loads(body)["uplink_mbps"])
                         agent.uplink.set_rate(mbps)

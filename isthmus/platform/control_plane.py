@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from isthmus import _proto
 from isthmus.platform._grpc import ServerTLS, build_server
-from isthmus.platform.certs import hash_token, load_token_hashes
+from isthmus.platform.certs import CertError, hash_token, load_token_hashes
 
 __all__ = ["AgentAssignment", "ControlPlaneServer", "PartitionStore", "PlanSource"]
 
@@ -194,10 +194,15 @@ class _TokenBook:
         self._lock = threading.Lock()
 
     def matches(self, agent_id: str, token: str) -> bool:
+        """Constant-time check; a missing or broken tokens file rejects everyone (fail closed)."""
         with self._lock:
-            mtime = self._path.stat().st_mtime
-            if mtime != self._mtime:
-                self._hashes, self._mtime = load_token_hashes(self._path), mtime
+            try:
+                mtime = self._path.stat().st_mtime
+                if mtime != self._mtime:
+                    self._hashes, self._mtime = load_token_hashes(self._path), mtime
+            except (OSError, CertError) as err:
+                _log.error("tokens file unusable, rejecting every agent: %s", err)
+                self._hashes, self._mtime = {}, -1.0
             expected = self._hashes.get(agent_id)
         return expected is not None and hmac.compare_digest(expected, hash_token(token))
 

@@ -180,3 +180,28 @@ def test_inference_endpoint_with_mtls_rejects_client_without_certificate(pki: di
             big = inf_pb.ProbeRequest(payload=b"x" * 10_000)
             assert _code(lambda: stub.Probe(big, timeout=10)) == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert stub.Probe(probe, timeout=10).received_bytes == 100
+
+
+def test_revoked_token_rejected_without_restart_and_missing_file_fails_closed(tmp_path: Path) -> None:
+    import json
+    import os
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    init_certs(tmp_path, agents=["r1", "r2"])
+    tokens = tmp_path / "tokens.json"
+    with ControlPlaneServer(PlanSource(), certs_dir=tmp_path) as cp:
+        with _agent_channel(cp, tmp_path, "r1") as c1, _agent_channel(cp, tmp_path, "r2") as c2:
+            assert _register(c1, _token(tmp_path, "r1"), agent_id="r1").agent_id == "r1"
+            hashes = json.loads(tokens.read_text())
+            del hashes["r1"]
+            tokens.write_text(json.dumps(hashes))
+            os.utime(tokens, (time_now := tokens.stat().st_mtime + 2, time_now))
+            assert _code(lambda: _register(c1, _token(tmp_path, "r1"), agent_id="r1")) == \
+                grpc.StatusCode.UNAUTHENTICATED
+            assert _register(c2, _token(tmp_path, "r2"), agent_id="r2").agent_id == "r2"
+            tokens.unlink()
+            assert _code(lambda: _register(c2, _token(tmp_path, "r2"), agent_id="r2")) == \
+                grpc.StatusCode.UNAUTHENTICATED
+            check = health_pb2_grpc.HealthStub(c2).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            assert check.status == health_pb2.HealthCheckResponse.SERVING
