@@ -1,7 +1,8 @@
 """A real split run: the head partition in one process, the tail in another, the activation sent
-over loopback TCP through a token bucket of `bandwidth_mbps` (the sender may send a chunk only
-when the bucket holds its bytes; tokens accrue at bandwidth_mbps·1e6/8 bytes/s up to one chunk,
-so a tensor of B bytes takes ≈ 8·B/bandwidth).
+over loopback TCP through a token bucket of `bandwidth_mbps`: tokens accrue at
+bandwidth_mbps·1e6/8 bytes/s from the start of a message (the link is idle between requests) and
+a chunk leaves once the bucket holds its bytes, so byte b of a message leaves at 8·b/bandwidth and
+a tensor of B bytes arrives after 8·B/bandwidth (a late wake-up delays one chunk, not the rest).
 
     python -m isthmus.partition.splitrun tail TAIL.pt PORT_FILE
     python -m isthmus.partition.splitrun head HEAD.pt INPUT.pt HOST PORT BANDWIDTH_MBPS REQUESTS OUT.json
@@ -46,17 +47,12 @@ def send_tensors(sock: socket.socket, tensors: list[Any], bandwidth_mbps: float 
         sock.sendall(data)
         return len(data)
     rate = bandwidth_mbps * 1e6 / 8.0  # bytes per second
-    tokens, last = 0.0, time.perf_counter()
-    for start in range(0, len(data), _CHUNK_BYTES):
-        chunk = data[start:start + _CHUNK_BYTES]
-        while True:
-            now = time.perf_counter()
-            tokens = min(float(_CHUNK_BYTES), tokens + (now - last) * rate)
-            last = now
-            if tokens >= len(chunk):
-                break
-            time.sleep((len(chunk) - tokens) / rate)
-        tokens -= len(chunk)
+    start = time.perf_counter()
+    for offset in range(0, len(data), _CHUNK_BYTES):
+        chunk = data[offset:offset + _CHUNK_BYTES]
+        due = start + (offset + len(chunk)) / rate  # the bucket has filled with this chunk's bytes
+        while (wait := due - time.perf_counter()) > 0:
+            time.sleep(wait)
         sock.sendall(chunk)
     return len(data)
 

@@ -212,7 +212,7 @@ def export_partitions(model_name: str, size: str, split: int, exit: int | None, 
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{model_name}_{size}_s{split}_e{'final' if exit is None else exit}"
     x = example_input(model_name, size)
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: tracing the tail needs ordinary tensors
         activation = head(x)
     head_path = to_torchscript(head, x, out / f"{stem}_head.pt")
     tail_path = to_torchscript(tail, activation, out / f"{stem}_tail.pt")
