@@ -24,6 +24,7 @@ _COMMAND_MODULES = [
     "isthmus.optimizer.commands",
     "isthmus.partition.commands",
     "isthmus.actors.commands",
+    "isthmus.platform.commands",
 ]
 
 

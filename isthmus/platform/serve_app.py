@@ -172,13 +172,14 @@ class WeightedRouter:
 
 def serve_config(plan: Plan, spec: Spec | None = None, *, triton_urls: dict[str, str] | None = None,
                  http_port: int = 8000, grpc_port: int = 9000, tracing: dict[str, Any] | None = None,
-                 plan_version: int = 0, keep_apps: Iterable[dict] = (), ingress_replicas: int = 1) -> dict:
+                 plan_version: int = 0, keep_apps: Iterable[dict] = (), ingress_replicas: int = 1,
+                 edge_sites: Iterable[str] = ()) -> dict:
     """The Serve deploy config (a `ServeDeploySchema` dict) that runs `plan`.
 
     Site apps are pinned by resource `region:<site>` / `edge:<site>` (0.01 of the node's unit, num_cpus 0).
     `triton_urls` maps site → Triton gRPC address; a missing site resolves at start-up through its
-    DeviceActor (`device_actor_name(site)`). `keep_apps` are extra site app configs to keep running
-    (used by `rollout`).
+    DeviceActor (`device_actor_name(site)`). `keep_apps` are extra site app configs to keep running.
+    Without `spec`, sites in `edge_sites` are pinned as `edge:<site>`, all others as `region:<site>`.
     """
     table = routing_table(plan, spec, plan_version)
     urls = dict(triton_urls or {})
@@ -187,8 +188,7 @@ def serve_config(plan: Plan, spec: Spec | None = None, *, triton_urls: dict[str,
         for entry in entries:
             if entry.app in site_apps:
                 continue
-            edge = None if spec is not None else _is_edge_site(plan, entry.site)
-            resource = site_resource(entry.site, spec, edge)
+            resource = site_resource(entry.site, spec, entry.site in set(edge_sites))
             site_apps[entry.app] = {
                 "name": entry.app, "route_prefix": None,
                 "import_path": "isthmus.platform.serve_app:site_app",
@@ -211,11 +211,6 @@ def serve_config(plan: Plan, spec: Spec | None = None, *, triton_urls: dict[str,
             "http_options": {"host": "127.0.0.1", "port": http_port},
             "grpc_options": {"port": grpc_port, "grpc_servicer_functions": [_GRPC_SERVICER]},
             "applications": [ingress, *sorted(site_apps.values(), key=lambda a: a["name"])]}
-
-
-def _is_edge_site(plan: Plan, site: str) -> bool:
-    """Without a spec: a site whose routes have no instance type is an edge site (Plan contract)."""
-    return any(r.site == site and r.instance_type is None for r in plan.routes)
 
 
 def _statuses() -> dict[str, Any]:
@@ -395,7 +390,7 @@ class _SiteModel:
         array = np.ascontiguousarray(payload["array"])
         ok = False
         try:
-            with _span(f"deployment {self.site}/{self.model}/{self.version}", extract_context(payload.get("carrier")),
+            with _span("deployment", extract_context(payload.get("carrier")),
                        "SERVER", {"isthmus.site": self.site, "isthmus.model_version": self.version}):
                 with _span("triton.infer", kind="CLIENT", attributes={"rpc.system": "grpc",
                                                                       "isthmus.triton_model": payload["triton_model"],
