@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import random
 import secrets
 import threading
@@ -156,7 +157,6 @@ class EdgeAgent:
         self._http = None
         self._rng = random.Random()
         self._metadata = (("authorization", f"Bearer {config.token}"),)
-        self._trace_lock = threading.Lock()
         self._last_input: tuple[tuple[int, ...], Any] | None = None
         self._fetched: dict[str, bytes] = {}
 
@@ -516,15 +516,22 @@ class EdgeAgent:
                          "To fix: restore the cloud link, or plan an exit the device can run.")
 
     def _trace(self, trace_id: str, span_id: str, parent: str, start_ns: int, reply: dict) -> None:
+        """Append this request's span to `trace_file` in the JSONL span format of
+        `isthmus.platform.tracing` (one O_APPEND write per line), so it joins the cloud's spans."""
         if not self.config.trace_file:
             return
-        span = {"name": "edge_agent.infer", "trace_id": trace_id, "span_id": span_id, "parent_span_id": parent,
-                "start_time_unix_nano": start_ns, "end_time_unix_nano": time.time_ns(),
-                "attributes": {"service.name": "isthmus-edge-agent", "agent.id": self.config.agent_id,
-                               "site": self.config.site, "split": reply["split"], "exit": reply["exit"],
-                               "source": reply["source"]}}
-        with self._trace_lock, open(self.config.trace_file, "a") as fh:
-            fh.write(json.dumps(span) + "\n")
+        end_ns = time.time_ns()
+        record = {"trace_id": trace_id, "span_id": span_id, "parent_id": parent or None, "name": "edge_agent",
+                  "service": f"edge:{self.config.site}", "kind": "CLIENT", "start_ns": start_ns, "end_ns": end_ns,
+                  "duration_ms": (end_ns - start_ns) / 1e6, "status": "ERROR" if reply["degraded"] else "OK",
+                  "attributes": {"isthmus.agent": self.config.agent_id, "isthmus.model": reply["model"],
+                                 "isthmus.split": reply["split"], "isthmus.exit": reply["exit"],
+                                 "isthmus.source": reply["source"]}}
+        fd = os.open(self.config.trace_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, (json.dumps(record) + "\n").encode())
+        finally:
+            os.close(fd)
 
     # ----------------------------------------------------------------- telemetry
     def probe_uplink(self) -> tuple[float, float]:

@@ -82,10 +82,11 @@ def start_agent(config: Path, log: Path) -> subprocess.Popen:
                             stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
 
 
-def http(port: int, path: str, body: dict | None = None, timeout_s: float = 10.0) -> tuple[int, dict]:
+def http(port: int, path: str, body: dict | None = None, timeout_s: float = 10.0,
+         headers: dict[str, str] | None = None) -> tuple[int, dict]:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data,
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:
             return resp.status, json.loads(resp.read())
@@ -112,5 +113,5 @@ def status(port: int) -> dict:
     return http(port, "/status")[1]
 
 
-def infer(port: int, x: torch.Tensor) -> tuple[int, dict]:
-    return http(port, "/infer", {"input": x.tolist()})
+def infer(port: int, x: torch.Tensor, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    return http(port, "/infer", {"input": x.tolist()}, headers=headers)

@@ -24,6 +24,7 @@ from isthmus.platform._grpc import ServerTLS, free_port  # noqa: E402
 from isthmus.platform.certs import init_certs  # noqa: E402
 from isthmus.platform.control_plane import ControlPlaneServer, PartitionStore, PlanSource  # noqa: E402
 from isthmus.platform.inference_server import InferenceServer  # noqa: E402
+from isthmus.platform.tracing import load_spans  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -101,8 +102,13 @@ def test_agent_splits_and_matches_the_full_model(world: _World) -> None:
     # telemetry with a bandwidth probe reaches the control plane
     wait_for(lambda: any(r["uplink_mbps"] > 0 for r in world.plan.telemetry("cam-1-a")), 30, "a bandwidth report")
     assert world.plan.agents()["cam-1-a"]["site"] == "cam-1"
-    spans = (world.root / "spans.jsonl").read_text().splitlines()
-    assert any(reply["trace_id"] in line for line in spans)
+    # the caller's W3C traceparent is continued; the span joins the runtime's JSONL span format
+    trace_id, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    code, reply = infer(world.http_port, world.x, headers={"traceparent": f"00-{trace_id}-{parent}-01"})
+    assert code == 200 and reply["trace_id"] == trace_id
+    spans = [s for s in load_spans(world.root / "spans.jsonl") if s["trace_id"] == trace_id]
+    assert len(spans) == 1 and spans[0]["parent_id"] == parent and spans[0]["name"] == "edge_agent"
+    assert spans[0]["attributes"]["isthmus.split"] == 1 and spans[0]["duration_ms"] > 0
 
 
 def test_plan_change_switches_atomically_under_load(world: _World) -> None:

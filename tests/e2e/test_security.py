@@ -196,7 +196,8 @@ def test_revoked_token_rejected_without_restart_and_missing_file_fails_closed(tm
             hashes = json.loads(tokens.read_text())
             del hashes["r1"]
             tokens.write_text(json.dumps(hashes))
-            os.utime(tokens, (time_now := tokens.stat().st_mtime + 2, time_now))
+            later = tokens.stat().st_mtime + 2  # the server re-reads the file when its mtime changes
+            os.utime(tokens, (later, later))
             assert _code(lambda: _register(c1, _token(tmp_path, "r1"), agent_id="r1")) == \
                 grpc.StatusCode.UNAUTHENTICATED
             assert _register(c2, _token(tmp_path, "r2"), agent_id="r2").agent_id == "r2"
