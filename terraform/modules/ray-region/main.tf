@@ -14,15 +14,15 @@ locals {
   # Ray's internal ports between nodes: GCS, node manager, object manager, runtime-env agent,
   # dashboard agent gRPC, metrics; then the worker range. Pinned so the security group can be narrow.
   ray_node_ports = {
-    gcs                 = var.ports.ray_gcs
-    node_manager        = var.ports.ray_gcs + 1
-    object_manager      = var.ports.ray_gcs + 2
-    runtime_env_agent   = var.ports.ray_gcs + 3
-    dashboard_agent     = var.ports.ray_gcs + 4
-    metrics_export      = var.ports.ray_gcs + 5
-    min_worker          = 10002
-    max_worker          = 10999
-    dashboard_agent_ray = 52365
+    gcs                  = var.ports.ray_gcs
+    node_manager         = var.ports.ray_gcs + 1
+    object_manager       = var.ports.ray_gcs + 2
+    runtime_env_agent    = var.ports.ray_gcs + 3
+    dashboard_agent_grpc = var.ports.ray_gcs + 4
+    metrics_export       = var.ports.ray_gcs + 5
+    min_worker           = 10002
+    max_worker           = 10999
+    dashboard_agent_http = 52365
   }
   cluster_ingress = [
     { description = "Ray GCS and node services", from = var.ports.ray_gcs, to = var.ports.ray_gcs + 5 },
