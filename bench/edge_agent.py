@@ -100,7 +100,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="isthmus-bench-edge-"))
     init_certs(tmp / "certs", agents=["bench-agent"])
     tls = ServerTLS.from_certs_dir(tmp / "certs")
-    cloud = InferenceServer({(MODEL, k, -1): p["tail"] for k, p in parts.items()}, tls=tls).start()
+    # the agent sends split 0 on the wire when it runs no head (the raw input)
+    cloud = InferenceServer({(MODEL, max(k, 0), -1): p["tail"] for k, p in parts.items()}, tls=tls).start()
     plan = PlanSource()
     cp = ControlPlaneServer(plan, certs_dir=tmp / "certs").start()
     port = free_port()
@@ -129,7 +130,7 @@ def main() -> None:
                                              (agent_dir / "agent.pem").read_bytes())
         with grpc.secure_channel(cloud.address, creds) as channel:
             stub = _proto.load("inference_pb2_grpc").InferenceStub(channel)
-            request = inf.InferRequest(model=MODEL, split=-1, exit=-1, tensor=_proto.encode_tensor(x))
+            request = inf.InferRequest(model=MODEL, split=0, exit=-1, tensor=_proto.encode_tensor(x))
             stub.Infer(request, timeout=30)
             direct_ms = _median_ms(lambda: stub.Infer(request, timeout=30), n)
             rtt_ms = _median_ms(lambda: stub.Probe(inf.ProbeRequest(payload=b"\0" * 64), timeout=30), n)
@@ -142,7 +143,7 @@ def main() -> None:
         for k in splits:
             publish(k)
             p = parts[k]
-            sent = inf.InferRequest(model=MODEL, split=k, exit=-1, request_id="0" * 16,
+            sent = inf.InferRequest(model=MODEL, split=max(k, 0), exit=-1, request_id="0" * 16,
                                     tensor=_proto.encode_tensor(p["act"])).ByteSize()
             agent.uplink.set_rate(0)
             for _ in range(5):  # warm up the new partition and the channel

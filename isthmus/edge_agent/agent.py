@@ -487,7 +487,9 @@ class EdgeAgent:
         inf = _proto.load("inference_pb2")
         stubs = _proto.load("inference_pb2_grpc")
         tensors = [_proto.encode_tensor(t, arrow=self.config.arrow) for t in _as_tuple(activation)]
-        request = inf.InferRequest(model=bundle.model, split=bundle.split, exit=bundle.exit, tensor=tensors[0],
+        # on the wire split 0 means "the raw input" (no head ran on the device), as the Serve ingress reads it
+        split = bundle.split if bundle.head is not None else 0
+        request = inf.InferRequest(model=bundle.model, split=split, exit=bundle.exit, tensor=tensors[0],
                                    extra_tensors=tensors[1:], request_id=secrets.token_hex(8))
         self.uplink.consume(request.ByteSize())
         stub = stubs.InferenceStub(self._cloud_channel(bundle.target, bundle.tls))

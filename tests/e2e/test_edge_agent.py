@@ -94,6 +94,10 @@ def world(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_agent_splits_and_matches_the_full_model(world: _World) -> None:
+    world.publish_and_wait(0)  # nothing on the device: the raw input goes to the cloud
+    code, reply = infer(world.http_port, world.x)
+    assert code == 200 and (reply["source"], reply["split"]) == ("cloud", 0)
+    assert reply["prediction"] == world.chain.reference(world.x, 3)
     world.publish_and_wait(1)
     code, reply = infer(world.http_port, world.x)
     assert code == 200, reply
