@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+import statistics
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["cache_dir", "default_threads", "torch_threads"]
+__all__ = ["cache_dir", "default_threads", "torch_threads", "median_ms"]
 
 
 def cache_dir(*parts: str) -> Path:
@@ -41,3 +43,15 @@ def torch_threads(threads: int | None = None) -> Iterator[int]:
         yield threads
     finally:
         torch.set_num_threads(before)
+
+
+def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+    """Median wall time of `repeats` calls of `fn` in ms, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return statistics.median(times)

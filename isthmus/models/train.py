@@ -13,8 +13,8 @@ from typing import Any
 
 __all__ = ["DEFAULT_EPOCHS", "digits", "train_small", "cached_accuracy", "accuracy", "exit_accuracy", "fit"]
 
-DEFAULT_EPOCHS = {"alexnet_exits": 30, "vgg": 30, "resnet": 15, "inception": 20, "rnnlm": 30}
-_LR = {"alexnet_exits": 2e-3, "vgg": 2e-3, "resnet": 3e-3, "inception": 3e-3, "rnnlm": 1e-2}
+DEFAULT_EPOCHS = {"alexnet_exits": 20, "vgg": 12, "resnet": 10, "inception": 10, "rnnlm": 30}
+_LR = {"alexnet_exits": 5e-3, "vgg": 3e-3, "resnet": 3e-3, "inception": 3e-3, "rnnlm": 1e-2}
 _BATCH = 64
 
 

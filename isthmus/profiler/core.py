@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import statistics
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from isthmus.models.runtime import median_ms
 
 __all__ = ["LayerProfile", "ExitProfile", "ModelProfile", "LOCAL_DEVICE", "profile_model", "profile_module",
            "layer_kind"]
@@ -188,21 +188,10 @@ def _run_counting_flops(fn: Callable[[], Any], module: Any) -> tuple[Any, int]:
     return output, (total[0] if handles else _numel(output))
 
 
-def _median_ms(fn: Callable[[], Any], repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000.0)
-    return statistics.median(times)
-
-
 def _measure(name: str, fn: Callable[[], Any], module: Any, in_bytes: int, repeats: int,
              warmup: int) -> tuple[LayerProfile, Any]:
     output, flops = _run_counting_flops(fn, module)
-    latency = _median_ms(fn, repeats, warmup)
+    latency = median_ms(fn, repeats, warmup)
     return LayerProfile(name, layer_kind(module), latency, _nbytes(output), in_bytes, int(flops)), output
 
 
