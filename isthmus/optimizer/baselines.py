@@ -16,18 +16,11 @@ from typing import Callable
 
 import numpy as np
 
+from isthmus.optimizer.geo import amortised_cost
 from isthmus.optimizer.routes import RouteTable, build_routes
 from isthmus.spec import Spec
 
 __all__ = ["BASELINES", "baseline_costs"]
-
-
-def _per_request_cost(t: RouteTable) -> np.ndarray:
-    """$/h per req/s of a route: the amortised instance price π_q·u_r/c_q plus egress g_r."""
-    on_q = t.pv >= 0
-    cost = t.egress_per_rps.copy()
-    cost[on_q] += t.pools.price_per_hour[t.pool[on_q]] * t.usage[on_q] / t.pv_capacity_rps[t.pv[on_q]]
-    return cost
 
 
 def _assign(t: RouteTable, allowed: np.ndarray, key: np.ndarray) -> float:
@@ -81,16 +74,16 @@ def latency_first(t: RouteTable) -> float:
 
 
 def cost_first_model_only(t: RouteTable) -> float:
-    return _assign(t, _best_data(t) & (t.split < 0), _per_request_cost(t))
+    return _assign(t, _best_data(t) & (t.split < 0), amortised_cost(t))
 
 
 def data_only(t: RouteTable) -> float:
-    return _assign(t, _best_version(t) & (t.split < 0), _per_request_cost(t))
+    return _assign(t, _best_version(t) & (t.split < 0), amortised_cost(t))
 
 
 def single_region(t: RouteTable) -> float:
     regions = {t.net.index(r.name) for r in t.spec.regions}
-    return min((_assign(t, (t.site == j) & (t.split < 0), _per_request_cost(t)) for j in regions),
+    return min((_assign(t, (t.site == j) & (t.split < 0), amortised_cost(t)) for j in regions),
                default=float("inf"))
 
 

@@ -11,7 +11,11 @@ Only routes with L_r ≤ slo_s exist (`routes.build_routes`). With flows f_r = �
                 Σ_{r∈s} a_r·f_r ≥ min_accuracy_s·λ_s                       (request-weighted accuracy)
                 Σ_{r∈q} u_r·f_r ≤ c_q·y_q                                  (capacity; u_r = 1, or tail/latency)
                 Σ_{q∈(j,t)} y_q + Σ_{r: head at j} h_r·f_r ≤ max_count_{j,t}  (quota; h_r = head_ms/1000 s)
-                0 ≤ f_r ≤ ub_r,   y_q ∈ ℤ≥0  (MILP)  or  y_q ≥ 0  (LP relaxation)
+                0 ≤ f_r ≤ ub_r·y_q(r)  (ub_r·1 for device-only routes)
+                y_q ∈ ℤ≥0  (MILP)  or  y_q ≥ 0  (LP relaxation)
+
+The open-pool rows f_r ≤ ub_r·y_q are implied by the MILP (ub_r = λ_s) but cut the LP relaxation
+down to near the integer optimum (as x ≤ y does in facility location).
 
 λ, c, π, g, max_count and ub are cvxpy Parameters, so a re-plan after telemetry re-solves the
 compiled problem (DPP) instead of rebuilding it; ub_r = 0 switches off a route whose measured
@@ -30,7 +34,7 @@ import scipy.sparse as sp
 
 from isthmus.optimizer.routes import RouteTable
 
-__all__ = ["GeoProblem", "Solution", "restricted_milp", "round_up"]
+__all__ = ["GeoProblem", "Solution", "amortised_cost", "restricted_milp", "round_up"]
 
 _HIGHS_OPTS = {"presolve": "on"}
 _banner_shown = False
@@ -101,9 +105,13 @@ class GeoProblem:
         self.constraints = {
             "demand": route_matrix @ self.f == self.rate,
             "accuracy": accuracy_matrix @ self.f >= self.floor,
-            "upper": self.f <= self.upper,
         }
+        if (~on_q).any():
+            self.constraints["upper"] = self.f[~on_q] <= self.upper[~on_q]
         if n_q:
+            # f_r ≤ ub_r·y_q(r): a route's pool-version is open (y ≥ 1) if it carries any flow. Valid for the
+            # MILP (ub_r = λ_s ≥ f_r) and it tightens the LP relaxation like facility location's x ≤ y.
+            self.constraints["open"] = self.f[on_q] <= cp.multiply(self.upper[on_q], self.y[table.pv[on_q]])
             self.constraints["capacity"] = usage_matrix @ self.f <= cp.multiply(self.capacity[:n_q], y)
             self.constraints["quota"] = quota_y @ y + quota_f @ self.f <= self.quota
         elif on_edge.any():
@@ -183,6 +191,23 @@ def reduced_cost_order(table: RouteTable, lp: Solution) -> np.ndarray:
     return score
 
 
+def amortised_cost(table: RouteTable) -> np.ndarray:
+    """$/h per req/s of a route on its own: π_q·u_r/c_q + g_r (instance price spread over its capacity)."""
+    cost = table.egress_per_rps.copy()
+    on_q = table.pv >= 0
+    cost[on_q] += table.pools.price_per_hour[table.pool[on_q]] * table.usage[on_q] / table.pv_capacity_rps[
+        table.pv[on_q]]
+    return cost
+
+
+def _best_per_pair(table: RouteTable, routes: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """Of `routes`, the lowest-score one per (service, pool-version) pair."""
+    stride = len(table.pv_pool) + 1
+    order = routes[np.lexsort((score[routes], table.service[routes] * stride + table.pv[routes]))]
+    pair = table.service[order] * stride + table.pv[order]
+    return order[np.r_[True, pair[1:] != pair[:-1]]] if len(order) else order
+
+
 def _best_per_service(service: np.ndarray, score: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k lowest-score routes of every service (vectorised group top-k)."""
     order = np.lexsort((score, service))
@@ -191,17 +216,31 @@ def _best_per_service(service: np.ndarray, score: np.ndarray, k: int) -> np.ndar
     return order[rank < k]
 
 
-def restricted_milp(table: RouteTable, lp: Solution, time_limit_s: float, k: int = 4,
-                    mip_rel_gap: float = 2e-3) -> tuple[np.ndarray, Solution]:
-    """MILP over the LP's support plus the k best routes per service by reduced cost.
+def restricted_milp(table: RouteTable, lp: Solution, time_limit_s: float, k: int = 8,
+                    mip_rel_gap: float = 2e-3, guide: Solution | None = None) -> Solution:
+    """MILP over a route subset the LP points at: the support of `guide` (default the LP), the k best
+    routes per service by reduced cost and by amortised cost, and per service one route into each of
+    its 2k best pool-versions `guide` opened (y_q > 0) and its 3k cheapest pool-versions by amortised
+    cost — the consolidation moves an integer plan needs (many services sharing one pool).
 
-    Returns (route indices of the sub-problem, its solution) — the solution's f indexes those routes.
+    Returns a Solution over the whole table (routes outside the subset carry no flow).
     """
-    support = np.flatnonzero(lp.f > 1e-9)
-    keep = np.union1d(support, _best_per_service(table.service, reduced_cost_order(table, lp), k))
+    guide = guide or lp
+    score, amortised = reduced_cost_order(table, lp), amortised_cost(table)
+    support = np.flatnonzero(guide.f > 1e-9)
+    best = np.union1d(_best_per_service(table.service, score, k), _best_per_service(table.service, amortised, k))
+    pairs = _best_per_pair(table, np.flatnonzero(table.pv >= 0), amortised)
+    opened = pairs[guide.y[table.pv[pairs]] > 1e-9]
+    opened = np.union1d(opened[_best_per_service(table.service[opened], score[opened], 2 * k)],
+                        pairs[_best_per_service(table.service[pairs], amortised[pairs], 3 * k)])
+    keep = np.union1d(np.union1d(support, best), opened)
     sub = table.subset(keep)
-    problem = GeoProblem(sub, integer=True)
-    return keep, problem.solve(time_limit_s, mip_rel_gap)
+    solution = GeoProblem(sub, integer=True).solve(time_limit_s, mip_rel_gap)
+    f = np.zeros(len(table))
+    f[keep] = solution.f
+    y = np.zeros(len(table.pv_pool))
+    y[np.unique(table.pv[keep][table.pv[keep] >= 0])] = solution.y
+    return Solution(f, y, solution.status, solution.seconds, lp.bound)
 
 
 def round_up(table: RouteTable, lp: Solution) -> Solution | None:

@@ -15,7 +15,7 @@ __all__ = ["GeoPlanner", "InfeasibleSpec", "plan_spec", "diagnose", "MILP_MAX_RO
 
 Method = Literal["auto", "milp", "lp-round"]
 MILP_MAX_ROUTES = 20_000       # `auto` solves the exact MILP up to this many routes, LP + rounding above
-RESTRICTED_ROUTES = 40_000     # lp-round: about this many routes enter the restricted MILP
+RESTRICTED_K = 8               # lp-round: the restricted MILP keeps the LP support + this many routes per service
 
 
 class InfeasibleSpec(SpecError):
@@ -137,19 +137,18 @@ class GeoPlanner:
         return self._plan(first, solution, time.perf_counter() - t0)
 
     def _round(self, lp: Solution, t0: float) -> Solution:
-        remaining = self.time_limit_s - (time.perf_counter() - t0)
-        keep, sub = restricted_milp(self.table, lp, remaining, k=max(8, RESTRICTED_ROUTES // max(len(self.spec.services), 1)))
-        candidates = []
-        if sub.status in ("optimal", "user_limit"):
-            f = np.zeros(len(self.table))
-            f[keep] = sub.f
-            y = np.zeros(len(self.table.pv_pool))
-            used = np.unique(self.table.pv[keep][self.table.pv[keep] >= 0])
-            y[used] = sub.y
-            candidates.append(Solution(f, y, "restricted_milp", sub.seconds, lp.bound))
-        rounded = round_up(self.table, lp)
-        if rounded is not None:
-            candidates.append(rounded)
+        """Restricted MILP guided by the LP, then once more guided by its own incumbent; round-up as repair."""
+        candidates = [c for c in [round_up(self.table, lp)] if c is not None]
+        guide = None
+        for _ in range(2):
+            remaining = self.time_limit_s - (time.perf_counter() - t0)
+            if remaining < 1.0:
+                break
+            sub = restricted_milp(self.table, lp, remaining, k=RESTRICTED_K, guide=guide)
+            if sub.status not in ("optimal", "user_limit"):
+                break
+            guide = Solution(sub.f, sub.y, "restricted_milp", sub.seconds, lp.bound)
+            candidates.append(guide)
         if not candidates:
             return Solution(lp.f, lp.y, "rounding_failed", 0.0, lp.bound)
         return min(candidates, key=self._cost)
