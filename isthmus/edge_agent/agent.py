@@ -146,6 +146,8 @@ class EdgeAgent:
         self._cloud_channels: dict[tuple[str, bool], grpc.Channel] = {}
         self._module_cache: dict[str, tuple[Any, bytes]] = {}  # sha256 -> (module, verified bytes)
         self._latencies_ms: deque[float] = deque(maxlen=_LATENCY_WINDOW)
+        self._head_ms: deque[float] = deque(maxlen=_LATENCY_WINDOW)
+        self._server_ms: deque[float] = deque(maxlen=_LATENCY_WINDOW)
         self._errors: deque[str] = deque(maxlen=50)
         self._counts = {"requests": 0, "local_exit_answers": 0, "failed": 0}
         self._window_requests = 0
@@ -475,6 +477,9 @@ class EdgeAgent:
         reply.update(prediction=prediction, logits=np.asarray(logits).tolist(), latency_ms=latency_ms)
         with self._lock:
             self._latencies_ms.append(latency_ms)
+            self._head_ms.append(head_ms)
+            if "server_ms" in reply:
+                self._server_ms.append(reply["server_ms"])
             self._counts["requests"] += 1
             self._window_requests += 1
             if reply["degraded"]:
@@ -575,6 +580,7 @@ class EdgeAgent:
             return False
         with self._lock:
             window = sorted(self._latencies_ms)
+            head_ms, server_ms = sorted(self._head_ms), sorted(self._server_ms)
             errors = list(self._errors)
             requests, local = self._window_requests, self._window_local
         bundle = self._bundle
@@ -582,14 +588,17 @@ class EdgeAgent:
             agent_id=self.config.agent_id, plan_version=bundle.version if bundle else 0, requests=requests,
             local_exit_answers=local, latency_ms_p50=_quantile(window, 0.5), latency_ms_p99=_quantile(window, 0.99),
             uplink_mbps=self._state["uplink_probe_mbps"], rtt_ms=self._state["rtt_ms"], errors=errors,
-            head_sha256=bundle.head_sha256 if bundle else "", unix_time_s=time.time())
+            head_sha256=bundle.head_sha256 if bundle else "", unix_time_s=time.time(),
+            head_ms_p50=_quantile(head_ms, 0.5), server_ms_p50=_quantile(server_ms, 0.5),
+            split=bundle.split if bundle else 0, exit=bundle.exit if bundle else 0)
         try:
             _proto.load("control_plane_pb2_grpc").ControlPlaneStub(channel).ReportTelemetry(
                 report, metadata=self._metadata, timeout=5)
         except grpc.RpcError:
             return False
         with self._lock:
-            self._latencies_ms.clear()
+            for window_values in (self._latencies_ms, self._head_ms, self._server_ms):
+                window_values.clear()
             self._window_requests -= requests
             self._window_local -= local
             for _ in errors:

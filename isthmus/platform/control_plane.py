@@ -289,7 +289,9 @@ class _Servicer:
                   "requests": request.requests, "local_exit_answers": request.local_exit_answers,
                   "latency_ms_p50": request.latency_ms_p50, "latency_ms_p99": request.latency_ms_p99,
                   "uplink_mbps": request.uplink_mbps, "rtt_ms": request.rtt_ms,
-                  "errors": [e[:500] for e in request.errors[:50]], "head_sha256": request.head_sha256}
+                  "errors": [e[:500] for e in request.errors[:50]], "head_sha256": request.head_sha256,
+                  "head_ms_p50": request.head_ms_p50, "server_ms_p50": request.server_ms_p50,
+                  "split": request.split, "exit": request.exit}
         self._plan.record_telemetry(report)
         if report["errors"]:
             _log.warning("agent %s reports errors: %s", agent_id, "; ".join(report["errors"])[:1000])

@@ -105,6 +105,9 @@ def test_agent_splits_and_matches_the_full_model(world: _World) -> None:
     assert reply["prediction"] == world.chain.reference(world.x, 3)
     # telemetry with a bandwidth probe reaches the control plane
     wait_for(lambda: any(r["uplink_mbps"] > 0 for r in world.plan.telemetry("cam-1-a")), 30, "a bandwidth report")
+    report = wait_for(lambda: [r for r in world.plan.telemetry("cam-1-a") if r["requests"] and r["split"] == 1], 30,
+                      "a latency report of split 1")[-1]
+    assert report["head_ms_p50"] > 0 and report["server_ms_p50"] > 0 and report["latency_ms_p50"] > 0
     assert world.plan.agents()["cam-1-a"]["site"] == "cam-1"
     # the caller's W3C traceparent is continued; the span joins the runtime's JSONL span format
     trace_id, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
