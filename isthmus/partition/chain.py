@@ -104,6 +104,11 @@ class _Envelope:
     def argmin(self, x: float) -> int:
         return self.hull[bisect_left(self.breaks, x)][2]
 
+    def labels_for_positive_x(self) -> list[int]:
+        """Labels of lines that are the minimum somewhere on x > 0."""
+        ends = self.breaks + [float("inf")]
+        return [line[2] for line, end in zip(self.hull, ends) if end > 0]
+
 
 class _PathTable:
     def __init__(self, path: ChainPath, input_bytes: int):

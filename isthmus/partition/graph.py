@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from isthmus.spec import SpecError, _pydantic_problems
 
@@ -66,10 +66,14 @@ class GraphNode(BaseModel):
 
 
 class PartitionGraph(BaseModel):
+    """The partition input; build it with `parse_graph` / `load_graph` (they check the structure)
+    and do not mutate it afterwards (its flow network is cached on first use)."""
+
     model_config = ConfigDict(extra="forbid")
     input_bytes: int = Field(0, description="Bytes of the request sent if an entry node runs on the server.")
     nodes: list[GraphNode] = Field(min_length=1)
     edges: list[tuple[str, str]] = Field(default_factory=list, description="Producer -> consumer pairs.")
+    _network: Any = PrivateAttr(default=None)  # bandwidth-independent arrays, built on first partition
 
     @field_validator("input_bytes")
     @classmethod
@@ -193,35 +197,116 @@ def _check_bandwidth(bandwidth_mbps: float, rtt_ms: float = 0.0) -> None:
         raise ValueError(f"rtt_ms is {rtt_ms}, must be >= 0. To fix: give the link's round-trip time in ms")
 
 
-def _evaluate(graph: PartitionGraph, device: set[str], bandwidth_mbps: float, rtt_ms: float) -> GraphPartition:
-    """Latency breakdown of a closed device set (the formula in the module docstring)."""
-    nodes = {n.name: n for n in graph.nodes}
-    has_pred = {v for _, v in graph.edges}
-    crossing = {u for u, v in graph.edges if u in device and v not in device}
-    cut = [n.name for n in graph.nodes if n.name in crossing]
-    cut_bytes = sum(nodes[u].out_bytes for u in cut)
-    if any(n.name not in device and n.name not in has_pred for n in graph.nodes):
-        cut.insert(0, INPUT)
-        cut_bytes += graph.input_bytes
-    return GraphPartition(
-        device_nodes=[n.name for n in graph.nodes if n.name in device],
-        server_nodes=[n.name for n in graph.nodes if n.name not in device],
-        cut=cut, cut_bytes=cut_bytes,
-        device_ms=sum((n.device_ms for n in graph.nodes if n.name in device), 0.0),
-        transfer_ms=transfer_ms(cut_bytes, bandwidth_mbps),
-        rtt_ms=rtt_ms if cut else 0.0,
-        server_ms=sum((n.server_ms for n in graph.nodes if n.name not in device), 0.0))
+class _Network:
+    """Bandwidth-independent arrays of a graph: the flow network (CSR layout) and the formula's terms."""
+
+    def __init__(self, graph: PartitionGraph):
+        import numpy as np
+
+        self.names = graph.names()
+        n = len(self.names)
+        index = {name: i for i, name in enumerate(self.names)}
+        edges = sorted({(index[u], index[v]) for u, v in graph.edges})
+        self.eu = np.array([u for u, _ in edges], dtype=np.int64)
+        self.ev = np.array([v for _, v in edges], dtype=np.int64)
+        self.device_ms = np.array([x.device_ms for x in graph.nodes], dtype=float)
+        self.server_ms = np.array([x.server_ms for x in graph.nodes], dtype=float)
+        self.out_bytes = np.array([x.out_bytes for x in graph.nodes], dtype=np.int64)
+        self.input_bytes = graph.input_bytes
+        self.entry = np.ones(n, dtype=bool)
+        self.entry[self.ev] = False
+        # flow network: 0 = s (device), 1 = t (server), 2 = request, 3.. nodes, then one aux per producer
+        consumers: dict[int, set[int]] = {2: {3 + i for i in np.flatnonzero(self.entry)}}
+        for u, v in edges:
+            consumers.setdefault(3 + u, set()).add(3 + v)
+        node = 3 + np.arange(n)
+        rows = [np.zeros(n, np.int64), node]
+        cols = [node, np.ones(n, np.int64)]
+        base = [self.server_ms, self.device_ms]  # s->v cut when v is on the server; v->t when on the device
+        tx_rows, tx_cols, tx_bytes, inf_rows, inf_cols = [], [], [], [0], [2]
+        aux = 3 + n
+        for u, cons in consumers.items():
+            if not cons:
+                continue
+            tx_rows.append(u)
+            tx_cols.append(aux)
+            tx_bytes.append(self.input_bytes if u == 2 else int(self.out_bytes[u - 3]))
+            for w in sorted(cons):
+                inf_rows += [aux] + ([w] if u != 2 else [])
+                inf_cols += [w] + ([u] if u != 2 else [])
+            aux += 1
+        self.size = aux
+        rows += [np.array(tx_rows, np.int64), np.array(inf_rows, np.int64)]
+        cols += [np.array(tx_cols, np.int64), np.array(inf_cols, np.int64)]
+        all_rows, all_cols = np.concatenate(rows), np.concatenate(cols)
+        n_finite = 2 * n
+        self.base = np.concatenate(base + [np.zeros(len(tx_rows))])
+        self.tx_bytes = np.concatenate([np.zeros(n_finite), np.array(tx_bytes, dtype=float)])
+        self.n_finite = len(self.base)
+        self.order = np.lexsort((all_cols, all_rows))  # (row, col) pairs are distinct
+        self.indices = all_cols[self.order].astype(np.int32)
+        self.indptr = np.searchsorted(all_rows[self.order], np.arange(aux + 1)).astype(np.int32)
+        self.n_edges = len(all_rows)
+
+    def min_cut(self, bandwidth_mbps: float) -> Any:
+        """Boolean mask (per node) of the device side of a minimum cut."""
+        import numpy as np
+        from scipy.sparse import csr_array
+        from scipy.sparse.csgraph import breadth_first_order, maximum_flow
+
+        caps = self.base + self.tx_bytes * transfer_ms(1.0, bandwidth_mbps)
+        total = float(caps.sum())
+        scale = _CAPACITY_UNITS / total if total > 0 else 1.0
+        data = np.full(self.n_edges, 2 * _CAPACITY_UNITS + self.n_finite, dtype=np.int64)
+        data[: self.n_finite] = np.rint(caps * scale)
+        capacity = csr_array((data[self.order].astype(np.int32), self.indices, self.indptr),
+                             shape=(self.size, self.size))
+        flow = maximum_flow(capacity, 0, 1).flow
+        residual = (capacity - flow).tocsr()
+        residual.data[residual.data < 0] = 0
+        residual.eliminate_zeros()
+        reached = breadth_first_order(residual, 0, directed=True, return_predecessors=False)
+        mask = np.zeros(self.size, dtype=bool)
+        mask[reached] = True
+        return mask[3: 3 + len(self.names)]
+
+    def evaluate(self, on_device: Any, bandwidth_mbps: float, rtt_ms: float) -> GraphPartition:
+        """Latency breakdown of a closed device set (the formula in the module docstring)."""
+        import numpy as np
+
+        sent = np.zeros(len(self.names), dtype=bool)
+        sent[self.eu[on_device[self.eu] & ~on_device[self.ev]]] = True
+        cut = [self.names[i] for i in np.flatnonzero(sent)]
+        cut_bytes = int(self.out_bytes[sent].sum())
+        if (self.entry & ~on_device).any():
+            cut.insert(0, INPUT)
+            cut_bytes += self.input_bytes
+        return GraphPartition(
+            device_nodes=[self.names[i] for i in np.flatnonzero(on_device)],
+            server_nodes=[self.names[i] for i in np.flatnonzero(~on_device)],
+            cut=cut, cut_bytes=cut_bytes, device_ms=float(self.device_ms[on_device].sum()),
+            transfer_ms=transfer_ms(cut_bytes, bandwidth_mbps), rtt_ms=rtt_ms if cut else 0.0,
+            server_ms=float(self.server_ms[~on_device].sum()))
+
+
+def _network(graph: PartitionGraph) -> _Network:
+    if graph._network is None:
+        graph._network = _Network(graph)
+    return graph._network
 
 
 def graph_latency_ms(graph: PartitionGraph, device_nodes: set[str] | list[str], bandwidth_mbps: float,
                      rtt_ms: float = 0.0) -> float:
     """Latency of running `device_nodes` on the device; raises ValueError if the set is not predecessor-closed."""
+    import numpy as np
+
     device = set(device_nodes)
     for u, v in graph.edges:
         if v in device and u not in device:
             raise ValueError(f"device set holds {v!r} but not its producer {u!r}. To fix: data flows only "
                              "device -> server, so add every predecessor of a device node")
-    return _evaluate(graph, device, bandwidth_mbps, rtt_ms).latency_ms
+    net = _network(graph)
+    return net.evaluate(np.array([n in device for n in net.names], dtype=bool), bandwidth_mbps, rtt_ms).latency_ms
 
 
 _CAPACITY_UNITS = 2**29
@@ -230,62 +315,19 @@ mapped to 2**29 units, so a cut's quantised cost is within (edges in the cut)·t
 true cost; the returned latency is always recomputed exactly from the formula."""
 
 
-def _min_cut_device_set(graph: PartitionGraph, bandwidth_mbps: float) -> set[str]:
-    """Device set of a minimum s-t cut of the construction in the module docstring."""
-    import numpy as np
-    from scipy.sparse import coo_array
-    from scipy.sparse.csgraph import breadth_first_order, maximum_flow
-
-    names = graph.names()
-    index = {name: 3 + i for i, name in enumerate(names)}  # 0 = s, 1 = t, 2 = input
-    index[INPUT] = 2
-    consumers: dict[str, set[str]] = {INPUT: set()}
-    has_pred = set()
-    for u, v in graph.edges:
-        consumers.setdefault(u, set()).add(v)
-        has_pred.add(v)
-    consumers[INPUT] = {n for n in names if n not in has_pred}
-    out_bytes = {n.name: n.out_bytes for n in graph.nodes} | {INPUT: graph.input_bytes}
-    rows, cols, caps, infinite = [], [], [], []
-    for n in graph.nodes:
-        rows += [0, index[n.name]]
-        cols += [index[n.name], 1]
-        caps += [n.server_ms, n.device_ms]
-    aux = 3 + len(names)
-    for u, cons in consumers.items():
-        if not cons:
-            continue
-        rows.append(index[u]); cols.append(aux); caps.append(transfer_ms(out_bytes[u], bandwidth_mbps))
-        infinite += [(aux, index[w]) for w in cons] + [(index[w], index[u]) for w in cons if u != INPUT]
-        aux += 1
-    infinite.append((0, 2))
-    total = float(sum(caps))
-    scale = _CAPACITY_UNITS / total if total > 0 else 1.0
-    finite = np.rint(np.asarray(caps) * scale).astype(np.int64)
-    inf_rows, inf_cols = zip(*infinite)
-    all_rows = np.concatenate([rows, inf_rows]).astype(np.int32)
-    all_cols = np.concatenate([cols, inf_cols]).astype(np.int32)
-    all_caps = np.concatenate([finite, np.full(len(infinite), 2 * _CAPACITY_UNITS + len(caps))]).astype(np.int32)
-    capacity = coo_array((all_caps, (all_rows, all_cols)), shape=(aux, aux)).tocsr()
-    flow = maximum_flow(capacity, 0, 1).flow
-    residual = (capacity - flow).tocsr()
-    residual.data[residual.data < 0] = 0
-    residual.eliminate_zeros()
-    reached = breadth_first_order(residual, 0, directed=True, return_predecessors=False)
-    reached_set = set(reached.tolist())
-    return {name for name in names if index[name] in reached_set}
-
-
 def partition_graph(graph: PartitionGraph, bandwidth_mbps: float, rtt_ms: float = 0.0) -> GraphPartition:
     """Exact minimum-latency partition (DADS min-cut); `rtt_ms` is paid once if anything crosses.
 
     With rtt: the min-cut D* without rtt is optimal among all sets; if D* sends nothing it is the
     all-device set and optimal with rtt too, else the best is min(all-device, D* + rtt).
     """
+    import numpy as np
+
     _check_bandwidth(bandwidth_mbps, rtt_ms)
-    best = _evaluate(graph, _min_cut_device_set(graph, bandwidth_mbps), bandwidth_mbps, 0.0)
+    net = _network(graph)
+    best = net.evaluate(net.min_cut(bandwidth_mbps), bandwidth_mbps, rtt_ms)
     if rtt_ms > 0 and best.cut:
-        all_device = _evaluate(graph, set(graph.names()), bandwidth_mbps, 0.0)
-        with_rtt = _evaluate(graph, set(best.device_nodes), bandwidth_mbps, rtt_ms)
-        best = all_device if all_device.latency_ms <= with_rtt.latency_ms else with_rtt
+        all_device = net.evaluate(np.ones(len(net.names), dtype=bool), bandwidth_mbps, 0.0)
+        if all_device.latency_ms <= best.latency_ms:
+            best = all_device
     return best

@@ -12,8 +12,14 @@ For a split k of path p, with the local CPU profile and s(d) = speed_factor(d):
     activation_bytes = bytes sent after k (0 for device-only)
     accuracy         = version.accuracy − (acc_final − acc_e)   (digits-measured exit drop; None for the final exit)
 
-Only Pareto-useful splits are kept: a split is dropped when another is no worse in every
-head_ms, activation_bytes, every tail_ms and accuracy, and better in one.
+Only Pareto-useful splits are kept. Head and tail trade off against each other along a path, so
+plain dominance prunes little; a split is kept if (1) for some (edge kind, cloud kind) it is the
+fastest split (≥ 0) of its exit path at some bandwidth — on the lower envelope over x = 8/bw of
+head/s(edge) + bytes·x + tail/s(cloud), the device-only split always kept (rtt shifts every
+sending split equally, so it does not change the envelope) — and (2) no other kept split is no
+worse in every head_ms, activation_bytes, every tail_ms and accuracy, and better in one.
+Splits that are never the fastest may still use less cloud time; they are dropped to keep the
+planner's route count small.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from isthmus.partition.chain import _Envelope
 from isthmus.partition.profiles import chain_table, is_chain, topological_table
 
 if TYPE_CHECKING:
@@ -65,7 +72,13 @@ def split_points(local: ModelProfile, version_accuracy: float, edge_factors: Map
             if t.path.accuracy is None or final_acc is None:
                 continue  # an exit of unknown accuracy cannot be offered to an accuracy-constrained planner
             acc = min(1.0, max(0.0, version_accuracy - (final_acc - t.path.accuracy)))
-        for k in range(t.n):
+        useful = {t.n - 1}
+        for fe in edge_factors.values():
+            for fc in cloud_factors.values():
+                lines = [(float(t.sent[k + 1]), t.head[k + 1] / fe + t.tail[k + 1] / fc, k) for k in range(t.n - 1)]
+                if lines:
+                    useful.update(_Envelope(lines).labels_for_positive_x())
+        for k in sorted(useful):
             local_only = k == t.n - 1
             point = SplitPoint(
                 split=k, exit=t.path.exit,
