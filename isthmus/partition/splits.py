@@ -228,5 +228,10 @@ def export_partitions(model_name: str, size: str, split: int, exit: int | None, 
     with torch.no_grad():  # not inference_mode: tracing the tail needs ordinary tensors
         activation = head(x)
     head_path = to_torchscript(head, x, out / f"{stem}_head.pt")
-    tail_path = to_torchscript(tail, activation, out / f"{stem}_tail.pt")
-    return Path(head_path), Path(tail_path)
+    tail_path = out / f"{stem}_tail.pt"
+    if isinstance(activation, tuple):  # several tensors cross a DAG cut: the tail takes them positionally
+        with torch.no_grad():
+            torch.jit.trace(tail, activation, check_trace=False).save(str(tail_path))
+    else:
+        to_torchscript(tail, activation, tail_path)
+    return Path(head_path), tail_path

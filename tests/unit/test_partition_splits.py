@@ -135,3 +135,17 @@ def test_fill_splits_pareto_points_for_edge_sources():
             best_all = min(t.head[k + 1] / sf_rpi + (8 * t.sent[k + 1] / (1000 * bw) + t.tail[k + 1] / sf_t4
                                                      if k < t.n - 1 else 0.0) for k in range(0, t.n))
             assert best_kept == pytest.approx(best_all, rel=1e-9)
+
+
+def test_export_partitions_dag_multi_tensor_cut(tmp_path):
+    from isthmus.partition import export_partitions
+
+    model = build("inception", "small")
+    x = example_input("inception", "small")
+    traced = torch.fx.symbolic_trace(model)
+    # a split inside an Inception module: several branch tensors cross the cut
+    split = next(i for i in range(5, 40) if isinstance(split_modules(traced, i)[0](x), tuple))
+    head_path, tail_path = export_partitions("inception", "small", split, None, tmp_path, model=model)
+    head, tail = torch.jit.load(str(head_path)), torch.jit.load(str(tail_path))
+    with torch.no_grad():
+        assert torch.allclose(_run(head, tail, x), model(x), atol=1e-5)
