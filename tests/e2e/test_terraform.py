@@ -144,15 +144,6 @@ def test_validate_module_and_example(env, tree, example):
         assert "The configuration is valid" in _tf(env, directory, "validate").stdout
 
 
-def test_unsupported_region_is_rejected_before_anything_is_created(env, example, endpoint):
-    sites = json.dumps({"us-west": {"cloud_region": "us-west-2", "instance_counts": {"m5.large": 1}}})
-    proc = _tf(env, example, "plan", "-input=false", "-refresh=false", f"-var=sites={sites}", "-var=head_site=us-west",
-               f"-var=aws_endpoint_url={endpoint}", check=False, timeout_s=240)
-    assert proc.returncode == 1
-    assert "must be us-east-1, eu-west-1 or ap-southeast-1" in " ".join(proc.stderr.split())
-    assert _tagged(endpoint, "us-west-2", "describe_vpcs", "Vpcs") == []
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_apply_plan_fleet_check_read_back_destroy(env, example, endpoint, tmp_path):

@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import hcl2
@@ -181,6 +182,70 @@ def test_terraform_fmt_check(tmp_path):
     proc = subprocess.run([TERRAFORM, "fmt", "-check", "-recursive", "-no-color", str(TF)], capture_output=True,
                           text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "TF_CLI_CONFIG_FILE": str(tmp_path / "rc")})
     assert proc.returncode == 0, f"terraform fmt would change: {proc.stdout} {proc.stderr}"
+
+
+def _plan_variables(tmp_path: Path, directory: Path, values: dict) -> tuple[int, str]:
+    """`terraform plan` of `directory`'s variables.tf alone (no providers, so it runs in well under a
+    second): Terraform itself evaluates every validation rule on `values`."""
+    work = Path(tempfile.mkdtemp(dir=tmp_path)) / directory.name
+    work.mkdir()
+    shutil.copy(directory / "variables.tf", work)
+    (work / "in.tfvars.json").write_text(json.dumps(values))
+    (tmp_path / "rc").write_text("")
+    env = {"PATH": "/usr/bin:/bin", "TF_CLI_CONFIG_FILE": str(tmp_path / "rc"), "CHECKPOINT_DISABLE": "1",
+           "TF_IN_AUTOMATION": "1", "HOME": str(tmp_path)}
+    for args in (["init", "-backend=false"], ["plan", "-input=false", "-var-file=in.tfvars.json"]):
+        proc = subprocess.run([TERRAFORM, f"-chdir={work}", *args, "-no-color"], capture_output=True, text=True,
+                              timeout=120, env=env)
+    return proc.returncode, " ".join((proc.stdout + proc.stderr).split())
+
+
+_REGION_OK = {"cluster_name": "demo", "site": "us-east", "role": "head", "head_address": "10.10.0.10",
+              "cidr_block": "10.10.0.0/16", "cluster_cidrs": ["10.10.0.0/16", "10.20.0.0/16"],
+              "client_cidrs": ["203.0.113.0/24"], "instance_counts": {"g4dn.xlarge": 2, "c6i.2xlarge": 0},
+              "ami_id": "ami-0123456789abcdef0", "ports": {"serve_http": 8080}, "root_volume_gb": 50}
+_REGION_BAD = {  # variable -> (bad value, part of the message Terraform must print)
+    "cluster_name": ("Demo_1", "cluster_name must be 1-24 characters"),
+    "role": ("boss", 'role must be "head" or "worker"'),
+    "head_address": ("10.10.0", "head_address must be an IPv4 address"),
+    "cidr_block": ("10.0.0.0/8", "prefix length between /16 and /24"),
+    "cluster_cidrs": (["10.10.0.0/16", "nope"], "cluster_cidrs must be IPv4 CIDRs"),
+    "client_cidrs": (["0.0.0.0/0"], "client_cidrs must be IPv4 CIDRs other than 0.0.0.0/0"),
+    "instance_counts": ({"g4dn.xlarge": 1.5, "GPU": 1}, "instance_counts values must be whole numbers"),
+    "ami_id": ("ami-xyz", 'ami_id must look like "ami-'),
+    "ports": ({"serve_grpc": 10500}, "outside Ray's worker range 10002-10999"),
+    "root_volume_gb": (5, "root_volume_gb must be between 20 and 16384"),
+}
+
+
+@pytest.mark.skipif(not Path(TERRAFORM).exists(), reason="terraform binary not installed (/usr/local/bin/terraform)")
+def test_terraform_evaluates_module_validations(tmp_path):
+    rc, out = _plan_variables(tmp_path, REGION, _REGION_OK)
+    assert rc == 0, out
+    rc, out = _plan_variables(tmp_path, REGION, {**_REGION_OK, **{k: v for k, (v, _) in _REGION_BAD.items()}})
+    assert rc == 1
+    for name, (_, message) in _REGION_BAD.items():
+        assert message in out, f"{name}: Terraform did not reject it with {message!r}"
+    assert "instance_counts keys must be EC2 instance type names" in out
+
+
+@pytest.mark.skipif(not Path(TERRAFORM).exists(), reason="terraform binary not installed (/usr/local/bin/terraform)")
+@pytest.mark.parametrize("values, messages", [
+    ({"head_site": "us-east", "sites": {"us-east": {"cloud_region": "us-east-1", "instance_counts": {"m5.large": 1}},
+                                        "eu-west": {"cloud_region": "eu-west-1"}}}, []),
+    ({"head_site": "us-west", "cluster_name": "Bad", "aws_endpoint_url": "ftp://x",
+      "sites": {"us-west": {"cloud_region": "us-west-2", "instance_counts": {"m5.large": 1.5}},
+                "x": {"cloud_region": "us-west-2"}}},
+     ["cloud_region must be us-east-1, eu-west-1 or ap-southeast-1", "two sites share one cloud_region",
+      "instance counts must be whole numbers", "cluster_name must be", "aws_endpoint_url must start with http"]),
+    ({"head_site": "eu-west", "sites": {"us-east": {"cloud_region": "us-east-1"}}}, ["head_site is not a key of sites"]),
+    ({"head_site": "us-east", "sites": {}}, ["sites is empty"]),
+], ids=["valid", "bad-sites", "bad-head", "empty"])
+def test_terraform_evaluates_example_validations(tmp_path, values, messages):
+    rc, out = _plan_variables(tmp_path, EXAMPLE, values)
+    assert rc == (1 if messages else 0), out
+    for message in messages:
+        assert message in out
 
 
 # ---------------------------------------------------------------- isthmus fleet tfvars
