@@ -302,10 +302,16 @@ def rollout(old_config: dict | None, new_config: dict, timeout_s: float = 180.0)
 # ---------------------------------------------------------------- gRPC servicer for Serve's proxy
 
 def add_InferenceServicer_to_server(servicer: Any, server: Any) -> None:  # noqa: N802 - grpc naming
-    """`isthmus.v1.Inference` registration for Serve's gRPC proxy (stubs are generated on first use)."""
-    from isthmus import _proto
+    """`isthmus.v1.Inference` (Infer, Probe) for Serve's gRPC proxy, passing requests on as raw bytes.
 
-    _proto.load("inference_pb2_grpc").add_InferenceServicer_to_server(servicer, server)
+    The proxy pickles the deserialized request to send it to a replica, and the generated message
+    classes carry a module name (`isthmus.v1.inference_pb2`) that does not import; bytes pickle, and
+    the ingress parses them. Replies are messages (Serve's replica serializes them).
+    """
+    import grpc
+
+    handlers = {name: grpc.unary_unary_rpc_method_handler(getattr(servicer, name)) for name in ("Infer", "Probe")}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("isthmus.v1.Inference", handlers),))
 
 
 # ---------------------------------------------------------------- deployments
@@ -521,7 +527,7 @@ class _Ingress:
         reply["prediction"] = output.reshape(output.shape[0], -1).argmax(axis=1).tolist()
         return JSONResponse(reply)
 
-    async def Infer(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802 - gRPC method name
+    async def Infer(self, request: bytes, grpc_context: Any = None) -> Any:  # noqa: N802 - gRPC method name
         """Serve gRPC `isthmus.v1.Inference/Infer`: `model` names the service; split 0 = the raw input."""
         from isthmus import _proto
 
@@ -529,21 +535,41 @@ class _Ingress:
         carrier = dict(grpc_context.invocation_metadata()) if grpc_context is not None else {}
         start = time.perf_counter()
         try:
-            array = _proto.decode_tensor(request.tensor)
-            split = request.split or None
-            reply = await self._route(request.model, array, split, request.exit if split else None, carrier)
-        except (_BadRequest, _proto.TensorDecodeError) as err:
-            import grpc
-
-            if grpc_context is not None:
-                grpc_context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
-                grpc_context.set_details(str(err))
-            return pb.InferReply()
+            message = pb.InferRequest.FromString(request)
+            array = _proto.decode_tensor(message.tensor)
+            split = message.split or None
+            reply = await self._route(message.model, array, split, message.exit if split else None, carrier)
+        except (_BadRequest, _proto.TensorDecodeError, _proto_decode_error()) as err:
+            return _grpc_error(grpc_context, "INVALID_ARGUMENT", str(err), pb.InferReply())
+        except RuntimeError as err:
+            return _grpc_error(grpc_context, "UNAVAILABLE", str(err), pb.InferReply())
         output = reply["output"]
         return pb.InferReply(output=_proto.encode_tensor(output.astype(np.float32)),
                              prediction=output.reshape(output.shape[0], -1).argmax(axis=1).tolist(),
                              served_by=f"{reply['site']}@{reply['node_id']}",
                              server_ms=(time.perf_counter() - start) * 1000)
+
+    async def Probe(self, request: bytes, grpc_context: Any = None) -> Any:  # noqa: N802 - gRPC method name
+        """Bandwidth probe: reply at once with the number of payload bytes received."""
+        from isthmus import _proto
+
+        pb = _proto.load("inference_pb2")
+        return pb.ProbeReply(received_bytes=len(pb.ProbeRequest.FromString(request).payload))
+
+
+def _proto_decode_error() -> type:
+    from google.protobuf.message import DecodeError
+
+    return DecodeError
+
+
+def _grpc_error(grpc_context: Any, code: str, details: str, empty: Any) -> Any:
+    import grpc
+
+    if grpc_context is not None:
+        grpc_context.set_code(getattr(grpc.StatusCode, code))
+        grpc_context.set_details(details[:2000])
+    return empty
 
 
 def _parse_json_request(body: Any) -> tuple[str, np.ndarray, int | None, int | None]:

@@ -1,0 +1,283 @@
+"""The runtime on one local multi-node Ray cluster: a plan over two regions and an edge site runs on Serve + Triton.
+
+One module-scoped cluster (head + us-east + eu-west + cam-1), one real Triton per site (DeviceActor),
+the OptimizerActor deploying the plan, tracing to a JSONL file and to an OTLP gRPC receiver started
+here. The re-plan test runs last (it changes the plan).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from concurrent import futures
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+torch = pytest.importorskip("torch")
+
+from isthmus.platform import serve_app  # noqa: E402
+from isthmus.platform.tracing import OtlpHttpReceiver, load_spans, triton_trace_config  # noqa: E402
+from isthmus.platform.triton import INPUT_NAME, OUTPUT_NAME, TritonModel, find_tritonserver, free_port  # noqa: E402
+from isthmus.spec import Plan, parse_spec  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+# Each site serves at most 100 rps of `mlp/fp32` (one instance); 250 rps from cam-1 therefore needs the free
+# edge device (100), the cheaper region (us-east, 100) and the rest (50) in eu-west: fractions 0.4/0.4/0.2.
+SPEC = {
+    "name": "runtime",
+    "regions": [
+        {"name": "us-east", "instance_types": [{"name": "c.small", "device": "cpu", "price_per_hour": 0.5,
+                                                "max_count": 1}]},
+        {"name": "eu-west", "instance_types": [{"name": "c.small", "device": "cpu", "price_per_hour": 0.6,
+                                                "max_count": 1}]},
+    ],
+    "edge_sites": [{"name": "cam-1", "device": "rpi", "count": 1}],
+    "devices": {"cpu": {"kind": "cpu", "tflops": 1, "mem_gb": 4}, "rpi": {"kind": "cpu", "tflops": 0.01, "mem_gb": 1}},
+    "links": [{"src": "cam-1", "dst": "us-east", "rtt_ms": 20, "bandwidth_mbps": 100},
+              {"src": "cam-1", "dst": "eu-west", "rtt_ms": 30, "bandwidth_mbps": 100}],
+    "sources": [{"name": "cams", "location": "cam-1", "rate_rps": 250, "data_versions": [{"name": "raw", "bytes": 64}]}],
+    "models": [{"name": "mlp", "versions": [{"name": "fp32", "accuracy": 0.9, "latency_ms": {"cpu": 2, "rpi": 5},
+                                             "capacity_rps": {"cpu": 100, "rpi": 100}}]}],
+    "services": [{"name": "detect", "source": "cams", "model": "mlp", "slo_ms": 200}],
+}
+SITES = {"us-east": "region:us-east", "eu-west": "region:eu-west", "cam-1": "edge:cam-1"}
+
+
+class _OtlpGrpcReceiver:
+    """The OTLP gRPC trace service (opentelemetry-proto's), collecting every exported span."""
+
+    def __init__(self):
+        import grpc
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+        receiver = self
+        self.spans: list[tuple[str, str, str]] = []  # (trace id hex, span name, service)
+
+        class _Servicer(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request, context):  # noqa: N802 - gRPC naming
+                for resource_spans in request.resource_spans:
+                    service = next((a.value.string_value for a in resource_spans.resource.attributes
+                                    if a.key == "service.name"), "")
+                    for scope in resource_spans.scope_spans:
+                        receiver.spans += [(s.trace_id.hex(), s.name, service) for s in scope.spans]
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Servicer(), self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory: pytest.TempPathFactory):
+    try:
+        find_tritonserver()
+    except Exception as err:  # noqa: BLE001
+        pytest.skip(f"no tritonserver binary: {err}")
+    from isthmus.actors.device import DeviceActor
+    from isthmus.optimizer.actor import start_optimizer
+    from isthmus.platform.cluster import start_local_cluster
+
+    tmp = tmp_path_factory.mktemp("runtime")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4)).eval()
+    torch.jit.save(torch.jit.script(model), str(tmp / "mlp.pt"))
+    spans_path = str(tmp / "spans.jsonl")
+    otlp = _OtlpGrpcReceiver()
+    triton_spans = OtlpHttpReceiver(spans_path).start()
+    spec = parse_spec(SPEC)
+    cluster = start_local_cluster(spec)
+    devices = {}
+    try:
+        triton_model = TritonModel(name=serve_app.triton_model_name("mlp", "fp32"), torchscript_path=tmp / "mlp.pt",
+                                   input_shape=(16,), max_batch_size=8, max_queue_delay_us=500)
+        for site, resource in SITES.items():
+            devices[site] = DeviceActor.options(
+                name=serve_app.device_actor_name(site), namespace=serve_app.DEVICE_NAMESPACE,
+                resources={resource: 0.01}).remote(site, "cpu", [triton_model],
+                                                  trace_config=triton_trace_config(triton_spans.url))
+        started = [d.start.remote() for d in devices.values()]  # Triton and Serve start side by side
+        http_port, grpc_port = free_port(), free_port()
+        tracing = {"jsonl_path": spans_path, "otlp_endpoint": f"127.0.0.1:{otlp.port}"}
+        optimizer = start_optimizer(spec, serve_options={"http_port": http_port, "grpc_port": grpc_port,
+                                                         "tracing": tracing}, drift_threshold=0.2,
+                                    resources={"isthmus:head": 0.01})
+        deploy_s = ray.get(optimizer.deploy.remote(), timeout=300)
+        urls = dict(zip(devices, ray.get(started, timeout=300)))
+        yield {"spec": spec, "model": model, "optimizer": optimizer, "devices": devices, "triton_urls": urls,
+               "http": f"http://127.0.0.1:{http_port}/", "grpc_port": grpc_port, "spans": spans_path,
+               "otlp": otlp, "deploy_s": deploy_s}
+    finally:
+        from ray import serve
+
+        try:
+            serve.shutdown()
+        except Exception:  # noqa: BLE001 - best effort before the cluster goes
+            pass
+        ray.get([d.stop.remote() for d in devices.values()], timeout=120)
+        ray.shutdown()
+        cluster.shutdown()
+        otlp.server.stop(0)
+        triton_spans.stop()
+
+
+def _post(url: str, body: dict, headers: dict | None = None, timeout_s: float = 30.0) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - 127.0.0.1
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def _node_resources() -> dict[str, dict]:
+    return {n["NodeID"]: n["Resources"] for n in ray.nodes() if n["Alive"]}
+
+
+def _x(rows: int = 1, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((rows, 16)).astype(np.float32)
+
+
+def test_plan_over_two_regions_and_an_edge_site_deploys(runtime) -> None:
+    from ray import serve
+
+    plan = Plan.model_validate(ray.get(runtime["optimizer"].plan.remote()))
+    fractions = {r.site: r.fraction for r in plan.routes if r.fraction > 0}
+    assert set(fractions) == set(SITES), fractions
+    status = serve.status().applications
+    expected = {serve_app.INGRESS_APP} | {serve_app.site_app_name(s, "mlp", "fp32") for s in SITES}
+    assert expected <= set(status), sorted(status)
+    assert all(str(status[name].status).endswith("RUNNING") for name in expected)
+
+
+def test_requests_follow_the_plan_fractions_on_the_planned_nodes(runtime) -> None:
+    plan = Plan.model_validate(ray.get(runtime["optimizer"].plan.remote()))
+    planned = {r.site: r.fraction for r in plan.routes if r.fraction > 0}
+    nodes = _node_resources()
+    x = _x(1).tolist()
+
+    def one(_: int) -> tuple[int, dict]:
+        return _post(runtime["http"], {"service": "detect", "input": x})
+
+    with futures.ThreadPoolExecutor(max_workers=8) as pool:
+        replies = list(pool.map(one, range(2000)))
+    assert all(code == 200 for code, _ in replies), [r for r in replies if r[0] != 200][:3]
+    for _, reply in replies:
+        assert SITES[reply["site"]] in nodes[reply["node_id"]], (reply["site"], nodes[reply["node_id"]])
+    counts = Counter(reply["site"] for _, reply in replies)
+    for site, fraction in planned.items():
+        assert abs(counts[site] / len(replies) - fraction) <= 0.05, (site, counts, planned)
+    expected = runtime["model"](torch.from_numpy(np.asarray(x, dtype=np.float32))).detach().numpy()
+    np.testing.assert_allclose(np.asarray(replies[0][1]["output"], dtype=np.float32), expected, atol=1e-5)
+
+
+def test_one_trace_spans_ingress_deployment_and_triton(runtime) -> None:
+    trace_id, client_span = f"{0xC0FFEE:032x}", f"{0xBEEF:016x}"
+    code, reply = _post(runtime["http"], {"service": "detect", "input": _x(2).tolist()},
+                        headers={"traceparent": f"00-{trace_id}-{client_span}-01"})
+    assert code == 200 and reply["trace_id"] == trace_id
+    deadline, spans = time.monotonic() + 30, []
+    while time.monotonic() < deadline:
+        spans = [s for s in load_spans(runtime["spans"]) if s["trace_id"] == trace_id]
+        if {"ingress", "deployment", "triton.infer", "InferRequest"} <= {s["name"] for s in spans}:
+            break
+        time.sleep(0.5)
+    names = {s["name"] for s in spans}
+    assert {"ingress", "deployment", "triton.infer", "InferRequest"} <= names, names
+    assert len(spans) >= 4
+    ids = {s["span_id"] for s in spans}
+    roots = [s for s in spans if s["parent_id"] not in ids]
+    assert [s["name"] for s in roots] == ["ingress"] and roots[0]["parent_id"] == client_span
+    services = {s["service"] for s in spans}
+    assert {"ingress", f"site:{reply['site']}", "triton"} <= services, services
+
+
+def test_spans_arrive_over_otlp_grpc(runtime) -> None:
+    trace_id = f"{0xABCDEF:032x}"
+    code, _ = _post(runtime["http"], {"service": "detect", "input": _x(1).tolist()},
+                    headers={"traceparent": f"00-{trace_id}-{1:016x}-01"})
+    assert code == 200
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        got = {(name, service) for tid, name, service in runtime["otlp"].spans if tid == trace_id}
+        if {"ingress", "deployment", "triton.infer"} <= {name for name, _ in got}:
+            break
+        time.sleep(0.3)
+    assert {"ingress", "deployment", "triton.infer"} <= {name for name, _ in got}, got
+
+
+def test_serve_grpc_ingress_and_bad_http_input(runtime) -> None:
+    import grpc
+
+    from isthmus import _proto
+
+    pb, stubs = _proto.load("inference_pb2"), _proto.load("inference_pb2_grpc")
+    with grpc.insecure_channel(f"127.0.0.1:{runtime['grpc_port']}") as channel:
+        reply = stubs.InferenceStub(channel).Infer(
+            pb.InferRequest(model="detect", tensor=_proto.encode_tensor(_x(3))), timeout=60,
+            metadata=(("application", serve_app.INGRESS_APP),))
+    assert _proto.decode_tensor(reply.output).shape == (3, 4) and len(reply.prediction) == 3
+    assert reply.served_by.split("@")[0] in SITES
+    code, body = _post(runtime["http"], {"service": "nope", "input": _x(1).tolist()})
+    assert code == 400 and "detect" in body["error"] and "To fix" in body["error"]
+    code, body = _post(runtime["http"], {"service": "detect", "activation": _x(1).tolist()})
+    assert code == 400 and "split" in body["error"]
+
+
+def test_tritonclient_straight_to_each_triton(runtime) -> None:
+    import tritonclient.grpc as grpcclient
+
+    x = _x(4)
+    expected = runtime["model"](torch.from_numpy(x)).detach().numpy()
+    for site, url in runtime["triton_urls"].items():
+        client = grpcclient.InferenceServerClient(url)
+        tensor = grpcclient.InferInput(INPUT_NAME, list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        out = client.infer(serve_app.triton_model_name("mlp", "fp32"), [tensor]).as_numpy(OUTPUT_NAME)
+        client.close()
+        np.testing.assert_allclose(out, expected, atol=1e-5, err_msg=site)
+
+
+def test_replan_on_rate_change_rolls_out_without_failed_requests(runtime) -> None:
+    from ray import serve
+
+    optimizer = runtime["optimizer"]
+    stop, results = threading.Event(), []
+
+    def load() -> None:
+        x = _x(1).tolist()
+        deadline = time.monotonic() + 240
+        while not stop.is_set() and time.monotonic() < deadline:
+            results.append(_post(runtime["http"], {"service": "detect", "input": x}, timeout_s=60))
+
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    small = ray.get(optimizer.report.remote({"rates_rps": {"cams": 250.0 * 1.1}}), timeout=120)
+    assert not small["replanned"] and small["drift"] == pytest.approx(0.1)
+    entry = ray.get(optimizer.report.remote({"rates_rps": {"cams": 80.0}}), timeout=300)
+    time.sleep(1.0)
+    stop.set()
+    for t in threads:
+        t.join(timeout=120)
+    assert entry["replanned"] and entry["changed"] and entry["replan_s"] <= 10.0, entry
+    assert entry["rollout"]["start_new_s"] + entry["rollout"]["switch_weights_s"] + entry["replan_s"] <= 10.0, entry
+    failed = [r for r in results if r[0] != 200]
+    assert len(results) > 20 and not failed, (len(results), failed[:3])
+    plan = Plan.model_validate(ray.get(optimizer.plan.remote()))
+    assert {r.site for r in plan.routes if r.fraction > 0} == {"cam-1"}
+    after = [_post(runtime["http"], {"service": "detect", "input": _x(1).tolist()})[1] for _ in range(20)]
+    assert {r["site"] for r in after} == {"cam-1"} and {r["plan_version"] for r in after} == {entry["plan_version"]}
+    apps = set(serve.status().applications)
+    assert serve_app.site_app_name("us-east", "mlp", "fp32") not in apps
+    assert serve_app.site_app_name("eu-west", "mlp", "fp32") not in apps
