@@ -20,11 +20,14 @@ app = typer.Typer(
 
 _COMMAND_MODULES = [
     "isthmus.platform.certs_commands",
+    "isthmus.platform.control_plane_commands",
     "isthmus.platform.fleet_commands",
     "isthmus.optimizer.commands",
     "isthmus.partition.commands",
     "isthmus.actors.commands",
     "isthmus.platform.commands",
+    "isthmus.models.commands",
+    "isthmus.profiler.commands",
 ]
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from isthmus.models.runtime import median_ms
 
 __all__ = ["LayerProfile", "ExitProfile", "ModelProfile", "LOCAL_DEVICE", "profile_model", "profile_module",
-           "layer_kind"]
+           "layer_kind", "measure_layer"]
 
 LOCAL_DEVICE = "local-cpu"
 _FORMAT = 1  # bump when the zoo or the measurement changes, so stale cached profiles are re-measured
@@ -193,6 +193,11 @@ def _measure(name: str, fn: Callable[[], Any], module: Any, in_bytes: int, repea
     output, flops = _run_counting_flops(fn, module)
     latency = median_ms(fn, repeats, warmup)
     return LayerProfile(name, layer_kind(module), latency, _nbytes(output), in_bytes, int(flops)), output
+
+
+def measure_layer(module: Any, x: Any, name: str = "layer", repeats: int = 20, warmup: int = 3) -> LayerProfile:
+    """Profile one module on input `x` (latency median, bytes in/out, FLOPs)."""
+    return _measure(name, lambda: module(x), module, _nbytes(x), repeats, warmup)[0]
 
 
 class _Progress:

@@ -1,0 +1,107 @@
+"""CLI: `isthmus models list`, `isthmus models versions MODEL`, `isthmus models export MODEL`."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+models_app = typer.Typer(help="The model zoo and its versions (fp32, int8, low-rank, distilled, early exits).",
+                         no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(models_app, name="models")
+
+
+def _fail(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[red]{message}[/red]", highlight=False)
+    raise typer.Exit(2)
+
+
+@models_app.command("list")
+def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """The zoo: graph type, layers, parameters and input of each model (full and small size)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from isthmus.models.versions import version_names
+    from isthmus.models.zoo import CHAIN_NAMES, ZOO_NAMES, build, example_input
+
+    rows = []
+    for name in ZOO_NAMES:
+        row = {"name": name, "graph": "chain" if name in CHAIN_NAMES else "DAG", "versions": version_names(name)}
+        for size in ("full", "small"):
+            model = build(name, size)
+            row[f"params_{size}"] = sum(p.numel() for p in model.parameters())
+            row[f"input_{size}"] = list(example_input(name, size).shape)
+            if size == "full":
+                row["layers"] = len(model.layers) if hasattr(model, "layers") else None
+            del model
+        rows.append(row)
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return
+    table = Table(title="Isthmus model zoo")
+    for col in ("model", "graph", "chain layers", "full params", "full input", "small params", "versions"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["graph"], str(r["layers"] or "-"), f"{r['params_full'] / 1e6:.1f} M",
+                      "x".join(map(str, r["input_full"][1:])), f"{r['params_small'] / 1e3:.0f} k",
+                      ", ".join(r["versions"]))
+    Console().print(table)
+
+
+@models_app.command("versions")
+def versions(model: str = typer.Argument(..., help="Zoo model name (see `isthmus models list`)."),
+             as_json: bool = typer.Option(False, "--json", help="Print Spec v1 `versions` entries as JSON."),
+             repeats: int = typer.Option(10, min=1, help="Timed full-size forwards per version (median)."),
+             refresh: bool = typer.Option(False, help="Re-measure instead of using the cache.")) -> None:
+    """Accuracy (digits) and CPU latency (full size) of every version; trains and caches on first use."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from isthmus.models.versions import MAX_DROP, version_names, version_table
+
+    try:
+        version_names(model)
+    except ValueError as err:
+        _fail(str(err))
+    console = Console(stderr=as_json)
+    with console.status(f"training / compressing / timing {model} versions (cached after the first run)"):
+        rows = version_table(model, repeats=repeats, refresh=refresh)
+    if as_json:
+        print(json.dumps([{"name": r["name"], "accuracy": r["accuracy"], "latency_ms": r["latency_ms"]}
+                          for r in rows], indent=1))
+        return
+    table = Table(title=f"{model} versions: accuracy on digits (small), latency on this CPU (full size, "
+                        f"{rows[0]['threads']} thread)")
+    for col in ("version", "accuracy", "drop vs fp32", "stated max drop", "latency ms", "speedup", "small size"):
+        table.add_column(col, justify="right" if col != "version" else "left")
+    for r in rows:
+        bound = MAX_DROP.get(r["name"])
+        table.add_row(r["name"], f"{r['accuracy']:.3f}", f"{r['accuracy_drop']:+.3f}",
+                      f"{bound:.2f}" if bound is not None else "-", f"{r['latency_ms']['cpu']:.1f}",
+                      f"{r['speedup']:.2f}x", f"{r['small_bytes'] / 1024:.0f} KiB")
+    console.print(table)
+
+
+@models_app.command("export")
+def export(model: str = typer.Argument(..., help="Zoo model name."),
+           version: str = typer.Option("fp32", help="Version (see `isthmus models versions MODEL`)."),
+           size: str = typer.Option("small", help="'small' (digits-trained weights) or 'full'."),
+           out: str = typer.Option("exported", help="Output directory.")) -> None:
+    """Write a version as a TorchScript file (what Triton and the edge agent load)."""
+    from isthmus.models.export import export_version
+    from isthmus.models.versions import version_names
+
+    try:
+        if version not in version_names(model):
+            _fail(f"unknown version {version!r} of {model!r}. To fix: use one of {version_names(model)}")
+        if size not in ("full", "small"):
+            _fail(f"size {size!r} is not 'full' or 'small'. To fix: pass --size small or --size full")
+    except ValueError as err:
+        _fail(str(err))
+    print(export_version(model, version, size, out))

@@ -1,0 +1,72 @@
+"""CLI: `isthmus profile MODEL [--version V] [--size S] [--device KIND] [--json]`."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command("profile")(profile)
+
+
+def _device(kind: str, spec_path: str | None):
+    """The declared Device of `kind`: from the spec's `devices` if given, else the built-in kinds."""
+    from isthmus.partition.profiles import DEFAULT_DEVICES
+    from isthmus.spec import Device, load_spec
+
+    devices = dict(load_spec(spec_path).devices) if spec_path else {
+        k: Device(**v) for k, v in DEFAULT_DEVICES.items()}
+    if kind not in devices:
+        where = f"the devices of {spec_path}" if spec_path else "the built-in kinds (or pass --spec)"
+        raise ValueError(f"unknown device kind {kind!r}. To fix: use one of {sorted(devices)} from {where}")
+    return devices[kind]
+
+
+def profile(model: str = typer.Argument(..., help="Zoo model name (see `isthmus models list`)."),
+            version: str = typer.Option("fp32", help="Model version (see `isthmus models versions MODEL`)."),
+            size: str = typer.Option("full", help="'full' (realistic size) or 'small' (digits size)."),
+            device: str = typer.Option("local-cpu", help="Device kind to scale the local profile to "
+                                       "(latency / speed_factor): a key of the spec's `devices` or a built-in kind."),
+            spec: str = typer.Option(None, help="Spec YAML whose `devices` declare --device."),
+            repeats: int = typer.Option(20, min=1, help="Timed calls per layer (median)."),
+            refresh: bool = typer.Option(False, help="Re-measure instead of using the cached profile."),
+            as_json: bool = typer.Option(False, "--json", help="Print the profile as JSON.")) -> None:
+    """Per-layer latency, output bytes and FLOPs of a zoo model on this CPU (cached), optionally scaled."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from isthmus.models.zoo import ZOO_NAMES
+    from isthmus.spec import SpecError
+
+    err_console = Console(stderr=True)
+    try:
+        if model not in ZOO_NAMES:
+            raise ValueError(f"unknown zoo model {model!r}. To fix: use one of {list(ZOO_NAMES)}")
+        if size not in ("full", "small"):
+            raise ValueError(f"--size {size!r} is not 'full' or 'small'. To fix: pass --size full or --size small")
+        target = None if device == "local-cpu" else _device(device, spec)
+        from isthmus.profiler import profile_model, speed_factor
+
+        prof = profile_model(model, version, size, repeats=repeats, progress=not as_json, refresh=refresh)
+    except (ValueError, SpecError) as err:
+        err_console.print(f"[red]{err}[/red]", highlight=False)
+        raise typer.Exit(2)
+    factor = 1.0
+    if target is not None:
+        factor = speed_factor(target)
+        prof = prof.scaled(factor, device=device)
+    if as_json:
+        print(prof.to_json())
+        return
+    table = Table(title=f"{model}/{version} ({size}) on {prof.device}: {prof.latency_ms:.2f} ms, "
+                        f"{prof.threads} thread(s)" + (f", speed factor {factor:.3g}" if target else ""))
+    for col in ("layer", "kind", "latency ms", "out KiB", "MFLOPs"):
+        table.add_column(col, justify="left" if col in ("layer", "kind") else "right")
+    for layer in prof.layers:
+        table.add_row(layer.name, layer.kind, f"{layer.latency_ms:.3f}", f"{layer.out_bytes / 1024:.1f}",
+                      f"{layer.flops / 1e6:.2f}")
+    Console().print(table)
+    for e in prof.exits:
+        acc = "-" if e.accuracy is None else f"{e.accuracy:.3f}"
+        branch_ms = sum(x.latency_ms for x in e.layers)
+        Console().print(f"exit after layer {e.after}: branch {branch_ms:.3f} ms, accuracy {acc}")
