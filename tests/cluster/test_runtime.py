@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 ray = pytest.importorskip("ray")
 torch = pytest.importorskip("torch")
@@ -29,25 +30,8 @@ from isthmus.spec import Plan, parse_spec  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-# Each site serves at most 100 rps of `mlp/fp32` (one instance); 250 rps from cam-1 therefore needs the free
-# edge device (100), the cheaper region (us-east, 100) and the rest (50) in eu-west: fractions 0.4/0.4/0.2.
-SPEC = {
-    "name": "runtime",
-    "regions": [
-        {"name": "us-east", "instance_types": [{"name": "c.small", "device": "cpu", "price_per_hour": 0.5,
-                                                "max_count": 1}]},
-        {"name": "eu-west", "instance_types": [{"name": "c.small", "device": "cpu", "price_per_hour": 0.6,
-                                                "max_count": 1}]},
-    ],
-    "edge_sites": [{"name": "cam-1", "device": "rpi", "count": 1}],
-    "devices": {"cpu": {"kind": "cpu", "tflops": 1, "mem_gb": 4}, "rpi": {"kind": "cpu", "tflops": 0.01, "mem_gb": 1}},
-    "links": [{"src": "cam-1", "dst": "us-east", "rtt_ms": 20, "bandwidth_mbps": 100},
-              {"src": "cam-1", "dst": "eu-west", "rtt_ms": 30, "bandwidth_mbps": 100}],
-    "sources": [{"name": "cams", "location": "cam-1", "rate_rps": 250, "data_versions": [{"name": "raw", "bytes": 64}]}],
-    "models": [{"name": "mlp", "versions": [{"name": "fp32", "accuracy": 0.9, "latency_ms": {"cpu": 2, "rpi": 5},
-                                             "capacity_rps": {"cpu": 100, "rpi": 100}}]}],
-    "services": [{"name": "detect", "source": "cams", "model": "mlp", "slo_ms": 200}],
-}
+# Two regions (us-east cheaper) and an edge camera; capacity forces fractions 0.4 / 0.4 / 0.2.
+SPEC = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "runtime-local.yaml").read_text())
 SITES = {"us-east": "region:us-east", "eu-west": "region:eu-west", "cam-1": "edge:cam-1"}
 
 

@@ -6,6 +6,7 @@ import json
 import urllib.request
 from collections import Counter
 from concurrent import futures
+from pathlib import Path
 
 import pytest
 import yaml
@@ -18,32 +19,19 @@ from isthmus.platform.cluster import missing_sites, node_sites
 from isthmus.platform.tracing import (OtlpHttpReceiver, load_spans, setup_tracing, shutdown_tracing, summarize)
 from isthmus.spec import Plan, parse_spec
 
-SPEC = {
-    "name": "rt",
-    "regions": [{"name": "us-east", "instance_types": [{"name": "c", "device": "cpu", "price_per_hour": 0.5,
-                                                        "max_count": 1}]},
-                {"name": "eu-west", "instance_types": [{"name": "c", "device": "cpu", "price_per_hour": 0.6,
-                                                        "max_count": 1}]}],
-    "edge_sites": [{"name": "cam-1", "device": "rpi", "count": 1}],
-    "devices": {"cpu": {"kind": "cpu", "tflops": 1, "mem_gb": 4}, "rpi": {"kind": "cpu", "tflops": 0.01, "mem_gb": 1}},
-    "links": [{"src": "cam-1", "dst": "us-east", "rtt_ms": 20, "bandwidth_mbps": 100},
-              {"src": "cam-1", "dst": "eu-west", "rtt_ms": 30, "bandwidth_mbps": 100}],
-    "sources": [{"name": "cams", "location": "cam-1", "rate_rps": 250, "data_versions": [{"name": "raw", "bytes": 64}]}],
-    "models": [{"name": "mlp", "versions": [{"name": "fp32", "accuracy": 0.9, "latency_ms": {"cpu": 2, "rpi": 5},
-                                             "capacity_rps": {"cpu": 100, "rpi": 100}}]}],
-    "services": [{"name": "detect", "source": "cams", "model": "mlp", "slo_ms": 200}],
-}
+# Two regions (us-east cheaper) and an edge camera; capacity forces fractions 0.4 / 0.4 / 0.2.
+SPEC = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "runtime-local.yaml").read_text())
 
 
 def _plan(fractions: dict[str, float]) -> Plan:
     routes = [{"service": "detect", "fraction": f, "data_version": "raw", "model_version": "fp32", "site": site,
-               "instance_type": "rpi" if site == "cam-1" else "c", "latency_ms": 10.0 + i, "accuracy": 0.9}
+               "instance_type": "rpi" if site == "cam-1" else "c.small", "latency_ms": 10.0 + i, "accuracy": 0.9}
               for i, (site, f) in enumerate(fractions.items())]
     return Plan.model_validate({
         "spec": "rt", "feasible": True, "cost_per_hour": 1.0, "compute_cost_per_hour": 1.0,
         "egress_cost_per_hour": 0.0, "lower_bound_per_hour": 1.0,
         "solver": {"method": "milp", "status": "optimal", "seconds": 0.1}, "routes": routes,
-        "instances": [{"site": s, "instance_type": "c", "model_version": "mlp/fp32", "count": 1} for s in fractions],
+        "instances": [{"site": s, "instance_type": "c.small", "model_version": "mlp/fp32", "count": 1} for s in fractions],
         "services": [{"name": "detect", "latency_ms_max": 12.0, "accuracy": 0.9}]})
 
 
@@ -121,7 +109,7 @@ def test_telemetry_drift_is_the_largest_relative_change() -> None:
     drift, key = telemetry_drift(spec, {"rates_rps": {"cams": 300.0}, "bandwidth_mbps": {("us-east", "cam-1"): 90.0}})
     assert drift == pytest.approx(0.2) and key.startswith("rates_rps")
     assert telemetry_drift(spec, {"latency_ms": {("mlp", "fp32", "gpu"): 1.0}})[0] == float("inf")
-    assert telemetry_drift(spec, {"price_per_hour": {("eu-west", "c"): 0.66}})[0] == pytest.approx(0.1)
+    assert telemetry_drift(spec, {"price_per_hour": {("eu-west", "c.small"): 0.66}})[0] == pytest.approx(0.1)
     pending: dict = {}
     _merge(pending, {"bandwidth_mbps": {("cam-1", "us-east"): 50}})
     assert pending == {"bandwidth_mbps": {("cam-1", "us-east"): 50.0}}
