@@ -2,8 +2,10 @@
 
 Same run, same model (a zoo model via `isthmus.models.build`, TorchScripted). The load generator
 works like Triton's perf_analyzer: for each concurrency level C, C closed-loop async clients send
-requests back to back for `--window-s` seconds after a warm-up; p50/p99 are over the requests that
-finish inside the window and throughput = those requests / window. Triton paths use
+requests back to back for `--window-s` seconds after a warm-up. The paths compared with each other
+are measured in interleaved rounds (A B A B ...; `--rounds`) so the drifting load of a shared
+machine hits them alike; p50/p99 are over the pooled requests that finish inside the windows and
+throughput = those requests / (rounds * window). Triton paths use
 `tritonclient.grpc.aio`; Serve paths go through Serve's own HTTP proxy with aiohttp.
 
 Claims checked (ratios, same run):
@@ -42,14 +44,14 @@ _TARGET_BATCHING_RATIO = 3.0
 # model
 
 
-def _build_model(name: str, size: str, workdir: Path) -> tuple[Any, Path, tuple[int, ...], str]:
+def _build_model(name: str, size: str, width: float, workdir: Path) -> tuple[Any, Path, tuple[int, ...], str]:
     """TorchScript a zoo model (or a small CNN if the zoo is absent); returns (module, path, shape, dtype)."""
     import torch
 
     try:
         from isthmus.models import build, example_input
 
-        module = build(name, size)
+        module = build(name, size, width=width)
         sample = example_input(name, size, batch=1)
     except ImportError:  # the zoo lands separately; a plain CNN of the same input keeps the bench running
         name = "cnn"
@@ -71,10 +73,11 @@ def _build_model(name: str, size: str, workdir: Path) -> tuple[Any, Path, tuple[
 # load generation (perf_analyzer-style closed loop)
 
 
-async def _closed_loop(
-    send: Callable[[], Awaitable[None]], concurrency: int, window_s: float, warmup_s: float
-) -> dict[str, float]:
-    """C workers send back to back; keep latencies of requests that start and end inside the window."""
+Sender = Callable[[], Awaitable[None]]
+
+
+async def _closed_loop(send: Sender, concurrency: int, window_s: float, warmup_s: float) -> tuple[list[float], int]:
+    """C workers send back to back; return latencies of requests that start and end inside the window, errors."""
     latencies_ms: list[float] = []
     errors = 0
     t0 = time.perf_counter()
@@ -96,55 +99,85 @@ async def _closed_loop(
                 latencies_ms.append((done - begin) * 1000.0)
 
     await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(concurrency))), warmup_s + window_s + 60)
+    return latencies_ms, errors
+
+
+async def _interleaved(senders: dict[str, Sender], levels: list[int], rounds: int, window_s: float,
+                       warmup_s: float) -> dict[str, list[dict[str, float]]]:
+    """For each level, `rounds` rounds of one window per path (A B C A B C ...), pooled per path.
+
+    Interleaving spreads the machine's drifting background load evenly over the paths compared.
+    p50/p99 are over the pooled latencies; throughput = pooled requests / (rounds * window_s).
+    """
+    rows: dict[str, list[dict[str, float]]] = {name: [] for name in senders}
+    for c in levels:
+        pooled: dict[str, list[float]] = {name: [] for name in senders}
+        errors = dict.fromkeys(senders, 0)
+        for _ in range(rounds):
+            for name, send in senders.items():
+                latencies, errs = await _closed_loop(send, c, window_s, warmup_s)
+                pooled[name] += latencies
+                errors[name] += errs
+        for name in senders:
+            rows[name].append(_stats(pooled[name], c, errors[name], rounds * window_s))
+    return rows
+
+
+def _stats(latencies_ms: list[float], concurrency: int, errors: int, seconds: float) -> dict[str, float]:
     arr = np.asarray(latencies_ms) if latencies_ms else np.asarray([np.nan])
-    return {
-        "concurrency": concurrency,
-        "requests": len(latencies_ms),
-        "errors": errors,
-        "p50_ms": float(np.percentile(arr, 50)),
-        "p99_ms": float(np.percentile(arr, 99)),
-        "throughput_rps": len(latencies_ms) / window_s,
-    }
+    return {"concurrency": concurrency, "requests": len(latencies_ms), "errors": errors,
+            "p50_ms": float(np.percentile(arr, 50)), "p99_ms": float(np.percentile(arr, 99)),
+            "throughput_rps": len(latencies_ms) / seconds}
 
 
-async def _sweep_triton(url: str, model: str, x: np.ndarray, levels: list[int], window_s: float,
-                        warmup_s: float) -> list[dict[str, float]]:
-    import tritonclient.grpc.aio as aio
+def _triton_sender(client: Any, model: str, x: np.ndarray) -> Sender:
     from tritonclient.grpc import InferInput
     from tritonclient.utils import np_to_triton_dtype
 
     from isthmus.platform.triton import INPUT_NAME, OUTPUT_NAME
 
-    client = aio.InferenceServerClient(url)
+    tensor = InferInput(INPUT_NAME, list(x.shape), np_to_triton_dtype(x.dtype))
+    tensor.set_data_from_numpy(x)  # serialised once, like perf_analyzer's pre-loaded input data
 
     async def send() -> None:
-        tensor = InferInput(INPUT_NAME, list(x.shape), np_to_triton_dtype(x.dtype))
-        tensor.set_data_from_numpy(x)
         (await client.infer(model, [tensor])).as_numpy(OUTPUT_NAME)
 
-    try:
-        return [await _closed_loop(send, c, window_s, warmup_s) for c in levels]
-    finally:
-        await client.close()
+    return send
 
 
-async def _sweep_http(url: str, x: np.ndarray, levels: list[int], window_s: float,
-                      warmup_s: float) -> list[dict[str, float]]:
-    import aiohttp
-
+def _http_sender(session: Any, url: str, x: np.ndarray) -> Sender:
     body = x.tobytes()
-    rows = []
-    for c in levels:
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=c)) as session:
 
-            async def send() -> None:
-                async with session.post(url, data=body) as response:
-                    if response.status != 200:
-                        raise RuntimeError(f"HTTP {response.status}")
-                    await response.read()
+    async def send() -> None:
+        async with session.post(url, data=body) as response:
+            if response.status != 200:
+                raise RuntimeError(f"HTTP {response.status} from {url}")
+            await response.read()
 
-            rows.append(await _closed_loop(send, c, window_s, warmup_s))
-    return rows
+    return send
+
+
+async def _measure(triton_url: str, serve_urls: tuple[str, str], x: np.ndarray, args: argparse.Namespace,
+                   levels: list[int], serve_levels: list[int]) -> dict[str, list[dict[str, float]]]:
+    import aiohttp
+    import tritonclient.grpc.aio as aio
+
+    client = aio.InferenceServerClient(triton_url)
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    try:
+        rows = await _interleaved({
+            "triton_batching_on": _triton_sender(client, "batch_on", x),
+            "triton_batching_off": _triton_sender(client, "batch_off", x),
+        }, levels, args.rounds, args.window_s, args.warmup_s)
+        rows |= await _interleaved({
+            "triton_alone": _triton_sender(client, "batch_on", x),
+            "serve_triton": _http_sender(session, serve_urls[1], x),
+            "serve_torch": _http_sender(session, serve_urls[0], x),
+        }, serve_levels, args.rounds, args.window_s, args.warmup_s)
+        return rows
+    finally:
+        await session.close()
+        await client.close()
 
 
 def _direct_torch(module: Any, x: np.ndarray, seconds: float) -> dict[str, float]:
@@ -263,7 +296,7 @@ def _claims(paths: dict[str, list[dict[str, float]]], bound_ms: float | None) ->
     bound = bound_ms if bound_ms is not None else max(off, key=lambda r: r["concurrency"])["p99_ms"]
     thr_on, thr_off = _best_under(on, bound), _best_under(off, bound)
     batching_ratio = _ratio(thr_on, thr_off)
-    base = {r["concurrency"]: r for r in paths["triton_alone_at_serve_levels"]}
+    base = {r["concurrency"]: r for r in paths["triton_alone"]}
     serve_tr = {r["concurrency"]: r for r in paths["serve_triton"]}
     c1 = min(set(base) & set(serve_tr))
     overhead_ms = serve_tr[c1]["p50_ms"] - base[c1]["p50_ms"]
@@ -297,22 +330,25 @@ def _claims(paths: dict[str, list[dict[str, float]]], bound_ms: float | None) ->
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="resnet", help="zoo model name")
+    parser.add_argument("--model", default="alexnet_exits", help="zoo model name")
     parser.add_argument("--size", default="small", choices=["small", "full"])
-    parser.add_argument("--levels", default="1,4,16,64", help="concurrency levels for the Triton paths")
+    parser.add_argument("--width", type=float, default=4.0,
+                        help="zoo channel width: 4 gives ~7 ms per sample, enough compute for batching to matter")
+    parser.add_argument("--levels", default="1,4,16,32,64", help="concurrency levels for the Triton paths")
     parser.add_argument("--serve-levels", default="1,8", help="concurrency levels for the Serve paths")
-    parser.add_argument("--window-s", type=float, default=6.0)
-    parser.add_argument("--warmup-s", type=float, default=1.5)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per level and path")
+    parser.add_argument("--window-s", type=float, default=2.0, help="measured seconds per round")
+    parser.add_argument("--warmup-s", type=float, default=0.5, help="unmeasured seconds before each window")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-queue-delay-us", type=int, default=2000)
     parser.add_argument("--p99-bound-ms", type=float, default=None,
-                        help="p99 bound for the batching claim (default: batching-off p99 at its peak)")
+                        help="p99 bound for the batching claim (default: batching-off p99 at the top level)")
     parser.add_argument("--serve-defaults", action="store_true", help="keep Serve's default (access) logging")
-    parser.add_argument("--quick", action="store_true", help="2 s windows, levels 1,16; a smoke run")
+    parser.add_argument("--quick", action="store_true", help="1 round, levels 1,16; a smoke run")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.quick:
-        args.levels, args.serve_levels, args.window_s, args.warmup_s = "1,16", "1", 2.0, 0.5
+        args.levels, args.serve_levels, args.rounds = "1,16", "1", 1
     levels = [int(v) for v in args.levels.split(",")]
     serve_levels = [int(v) for v in args.serve_levels.split(",")]
 
@@ -320,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
 
     began, load_start = time.perf_counter(), os.getloadavg()[0]
     workdir = Path(tempfile.mkdtemp(prefix="isthmus-bench-serving-"))
-    module, path, shape, dtype = _build_model(args.model, args.size, workdir)
+    module, path, shape, dtype = _build_model(args.model, args.size, args.width, workdir)
     x = np.random.default_rng(0).standard_normal((1, *shape)).astype(dtype)
     common = {"torchscript_path": path, "input_shape": shape, "dtype": dtype,
               "max_batch_size": args.max_batch_size, "torch_threads": 1}
@@ -333,24 +369,15 @@ def main(argv: list[str] | None = None) -> int:
     ray_started = False
     try:
         server.start(timeout_s=180)
-        paths["triton_batching_on"] = asyncio.run(
-            _sweep_triton(server.grpc_url, "batch_on", x, levels, args.window_s, args.warmup_s))
-        paths["triton_batching_off"] = asyncio.run(
-            _sweep_triton(server.grpc_url, "batch_off", x, levels, args.window_s, args.warmup_s))
-
         import ray
         from ray import serve
 
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
         ray_started = True
-        torch_url, triton_url = _serve_apps(path, shape, dtype, server.grpc_url, "batch_on", free_port(),
-                                            quiet_logs=not args.serve_defaults)
-        paths["serve_torch"] = asyncio.run(_sweep_http(torch_url, x, serve_levels, args.window_s, args.warmup_s))
-        paths["serve_triton"] = asyncio.run(_sweep_http(triton_url, x, serve_levels, args.window_s, args.warmup_s))
-        # Triton alone once more at the Serve levels, right after, so the overhead compares like with like
-        paths["triton_alone_at_serve_levels"] = asyncio.run(
-            _sweep_triton(server.grpc_url, "batch_on", x, serve_levels, args.window_s, args.warmup_s))
+        serve_urls = _serve_apps(path, shape, dtype, server.grpc_url, "batch_on", free_port(),
+                                 quiet_logs=not args.serve_defaults)
+        paths |= asyncio.run(_measure(server.grpc_url, serve_urls, x, args, levels, serve_levels))
         serve.shutdown()
     finally:
         if ray_started:
@@ -362,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     claims, ratios = _claims(paths, args.p99_bound_ms)
     results = {
         "bench": "serving",
-        "model": f"{args.model}/{args.size} input {list(shape)} {dtype}",
+        "model": f"{args.model}/{args.size} width {args.width} input {list(shape)} {dtype}",
         "cpu_note": f"{os.cpu_count()} CPUs shared; load avg {load_start:.1f} -> {os.getloadavg()[0]:.1f}",
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "paths": paths,

@@ -19,6 +19,7 @@ TorchScript file once on zeros when it is not given).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import signal
@@ -252,7 +253,7 @@ def _stub_dir(dist: Path) -> Path:
             f"nvidia-pytriton ships no Python-backend stub for Python {version} (looked at {stub}). "
             "To fix: use a Python version listed under pytriton/tritonserver/python_backend_stubs."
         )
-    key = f"{version}-{abs(hash(str(dist))) % 10**8}-{os.getuid()}"
+    key = f"{version}-{hashlib.sha1(str(dist).encode()).hexdigest()[:10]}-{os.getuid()}"
     target = Path(tempfile.gettempdir()) / f"isthmus-triton-backends-{key}"
     if not (target / "python" / "triton_python_backend_stub").is_file():
         staging = Path(tempfile.mkdtemp(prefix="isthmus-triton-backends-"))
@@ -310,6 +311,8 @@ class TritonServer:
                 f"model_repository {str(self.model_repository)!r} is not a directory. "
                 "To fix: create it with write_model_repository(repo, models)."
             )
+        self._auto_ports = not (grpc_port or http_port or metrics_port)
+        self._started_once = False
         self.grpc_port = grpc_port or free_port()
         self.http_port = http_port or free_port()
         self.metrics_port = metrics_port or free_port()
@@ -373,20 +376,33 @@ class TritonServer:
         return cmd
 
     def start(self, timeout_s: float = 60) -> None:
-        """Start the process and wait until the server and every model in the repository are ready."""
-        with self._lock:
-            if self.is_alive():
+        """Start the process and wait until the server and every model in the repository are ready.
+
+        Ports picked by the OS may be taken by someone else before Triton binds them: on the first
+        start with automatic ports, a bind failure is retried twice on fresh ports. Restarts keep ports.
+        """
+        for attempt in range(3):
+            with self._lock:
+                if self.is_alive():
+                    return
+                self._ready = False
+                self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - owned until stop()
+                self._proc = subprocess.Popen(
+                    self.command(),
+                    stdout=self._log_file,
+                    stderr=subprocess.STDOUT,
+                    env=_server_env(),
+                    start_new_session=True,
+                )
+            try:
+                self._wait_ready(timeout_s)
+                self._started_once = True
                 return
-            self._ready = False
-            self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - owned until stop()
-            self._proc = subprocess.Popen(
-                self.command(),
-                stdout=self._log_file,
-                stderr=subprocess.STDOUT,
-                env=_server_env(),
-                start_new_session=True,
-            )
-        self._wait_ready(timeout_s)
+            except TritonError as err:
+                port_clash = "address already in use" in str(err).lower()
+                if not (port_clash and self._auto_ports and not self._started_once and attempt < 2):
+                    raise
+                self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
 
     def _wait_ready(self, timeout_s: float) -> None:
         import tritonclient.grpc as grpcclient
@@ -398,6 +414,7 @@ class TritonServer:
             while time.monotonic() < deadline:
                 if not self.is_alive():
                     code = self._proc.returncode if self._proc else None
+                    self.stop()
                     raise TritonError(
                         f"tritonserver exited with code {code} before it was ready.\n{self.log_tail()}\n"
                         "To fix: read the log above (model.py errors, a busy port, or a bad config.pbtxt)."

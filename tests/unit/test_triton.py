@@ -101,7 +101,7 @@ async def _concurrent_infer(url: str, name: str, batch: np.ndarray, n: int) -> l
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_real_triton_serves_batches_and_restarts(cnn: tuple, tmp_path: Path) -> None:
     import tritonclient.grpc as grpcclient
 
@@ -112,7 +112,7 @@ def test_real_triton_serves_batches_and_restarts(cnn: tuple, tmp_path: Path) -> 
     ])
     server = TritonServer(repo, log_dir=tmp_path / "logs")
     try:
-        server.start(timeout_s=90)
+        server.start(timeout_s=240)
         x = np.random.default_rng(0).standard_normal((3, 1, 8, 8)).astype(np.float32)
         with torch.inference_mode():
             expected = model(torch.from_numpy(x)).numpy()
@@ -134,7 +134,7 @@ def test_real_triton_serves_batches_and_restarts(cnn: tuple, tmp_path: Path) -> 
         pid, port = server.pid, server.grpc_port
         server.kill()
         assert not server.is_alive()
-        server.restart(timeout_s=90)
+        server.restart(timeout_s=240)
         assert server.is_alive() and server.pid != pid and server.grpc_port == port and server.restarts == 1
         client = grpcclient.InferenceServerClient(server.grpc_url)
         np.testing.assert_allclose(client.infer("cnn", [tensor]).as_numpy(OUTPUT_NAME), expected, atol=1e-5)
@@ -144,7 +144,7 @@ def test_real_triton_serves_batches_and_restarts(cnn: tuple, tmp_path: Path) -> 
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_broken_model_fails_start_with_log_tail(cnn: tuple, tmp_path: Path) -> None:
     _, path = cnn
     repo = write_model_repository(tmp_path / "repo", [
@@ -153,5 +153,23 @@ def test_broken_model_fails_start_with_log_tail(cnn: tuple, tmp_path: Path) -> N
     (repo / "broken" / "1" / "model.pt").write_bytes(b"not a torchscript file")
     server = TritonServer(repo, log_dir=tmp_path / "logs")
     with pytest.raises(TritonError, match="(?s)exited with code.*broken.*To fix"):
-        server.start(timeout_s=90)
+        server.start(timeout_s=240)
+    assert not server.is_alive()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_busy_explicit_port_fails_with_the_reason(cnn: tuple, tmp_path: Path) -> None:
+    import socket
+
+    _, path = cnn
+    repo = write_model_repository(tmp_path / "repo", [
+        TritonModel(name="cnn", torchscript_path=path, input_shape=(1, 8, 8), output_shape=(10,)),
+    ])
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        server = TritonServer(repo, grpc_port=busy.getsockname()[1], log_dir=tmp_path / "logs")
+        with pytest.raises(TritonError, match="(?i)already in use"):
+            server.start(timeout_s=240)
     assert not server.is_alive()
