@@ -286,6 +286,9 @@ def _print_table(results: dict[str, Any]) -> None:
     for c in results["claims"]:
         claims.add_row(c["claim"], c["measured"], c["target"], "yes" if c["met"] else "NO")
     console.print(claims)
+    fmt = lambda d: "  ".join(f"{k}: {v:.2f}x" if v else f"{k}: n/a" for k, v in d.items())  # noqa: E731
+    console.print("batching on/off throughput by p99 bound (ms):", fmt(results["ratios"]["batching_ratio_by_p99_bound_ms"]))
+    console.print("batching on/off throughput by concurrency:   ", fmt(results["ratios"]["batching_ratio_by_concurrency"]))
 
 
 def _claims(paths: dict[str, list[dict[str, float]]], bound_ms: float | None) -> tuple[list[dict], dict]:
@@ -313,6 +316,12 @@ def _claims(paths: dict[str, list[dict[str, float]]], bound_ms: float | None) ->
         "triton_over_direct_torch_p50_ratio": _ratio(base[c1]["p50_ms"], direct["p50_ms"]),
         "serve_torch_over_direct_torch_p50_ratio": _ratio(serve_alone[min(serve_alone)]["p50_ms"], direct["p50_ms"]),
         "compared_at_concurrency": c1,
+        "batching_ratio_by_p99_bound_ms": {
+            str(b): _ratio(_best_under(on, b), _best_under(off, b)) for b in (25.0, 50.0, 100.0, 250.0, 1000.0)
+        },
+        "batching_ratio_by_concurrency": {
+            str(a["concurrency"]): _ratio(a["throughput_rps"], b["throughput_rps"]) for a, b in zip(on, off)
+        },
     }
     claims = [
         {"claim": f"Serve+Triton p50 overhead over Triton alone (c={c1})", "measured": f"{overhead_ms:+.2f} ms",
