@@ -20,6 +20,7 @@ app = typer.Typer(
 
 _COMMAND_MODULES = [
     "isthmus.platform.certs_commands",
+    "isthmus.platform.control_plane_commands",
     "isthmus.platform.fleet_commands",
     "isthmus.optimizer.commands",
     "isthmus.partition.commands",

@@ -30,7 +30,11 @@ def _as_module(tail: Any) -> Any:
     import torch
 
     if isinstance(tail, (bytes, bytearray)):
-        return torch.jit.load(io.BytesIO(bytes(tail)), map_location="cpu")
+        try:
+            return torch.jit.load(io.BytesIO(bytes(tail)), map_location="cpu")
+        except RuntimeError as err:
+            raise ValueError(f"tail of {len(tail)} bytes is not a TorchScript archive "
+                             f"({str(err).splitlines()[0][:120]}). To fix: save it with torch.jit.save.") from None
     if isinstance(tail, torch.nn.Module):
         return tail.eval()
     raise TypeError(f"tail of type {type(tail).__name__} is not a module. To fix: pass TorchScript bytes "
