@@ -28,6 +28,7 @@ _COMMAND_MODULES = [
     "isthmus.platform.commands",
     "isthmus.models.commands",
     "isthmus.profiler.commands",
+    "isthmus.placement.commands",
 ]
 
 
