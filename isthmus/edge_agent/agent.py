@@ -164,9 +164,6 @@ class EdgeAgent:
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> "EdgeAgent":
-        import torch
-
-        torch.set_num_threads(self.config.threads)
         from isthmus.edge_agent.http import serve_http
 
         self._http = serve_http(self)
@@ -355,8 +352,10 @@ class EdgeAgent:
             _log.info("warm-up skipped: %s", str(err)[:120])
 
     def _module(self, ref: Any) -> Any:
-        import torch
+        import torch  # imported on the first partition, so an idle agent starts fast
 
+        if torch.get_num_threads() != self.config.threads:
+            torch.set_num_threads(self.config.threads)
         if ref.sha256 in self._module_cache:
             module, data = self._module_cache[ref.sha256]
         else:

@@ -65,6 +65,16 @@ def _decode_input(handler: BaseHTTPRequestHandler, body: bytes) -> np.ndarray:
     return array
 
 
+def _drain(stream: Any, length: int, limit: int = 1 << 20) -> None:
+    """Read and drop up to `limit` bytes of a rejected body."""
+    left = min(max(length, 0), limit)
+    while left > 0:
+        chunk = stream.read(min(left, 65536))
+        if not chunk:
+            break
+        left -= len(chunk)
+
+
 def _make_handler(agent: Any) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -89,6 +99,7 @@ def _make_handler(agent: Any) -> type[BaseHTTPRequestHandler]:
                                   411) from None
             if length < 0 or length > agent.config.max_request_bytes:
                 self.close_connection = True
+                _drain(self.rfile, length)  # so the client reads our 413 instead of a reset
                 raise _BadRequest(f"body of {length} bytes exceeds max_request_bytes="
                                   f"{agent.config.max_request_bytes}. To fix: send a smaller input.", 413)
             return self.rfile.read(length)
