@@ -20,6 +20,8 @@ from typing import Any, List, Optional
 
 import typer
 
+from isthmus.platform.certs_commands import _fail  # one error printer for both command modules
+
 __all__ = ["load_assignments", "parse_tail_spec", "register"]
 
 
@@ -85,13 +87,6 @@ def parse_tail_spec(spec: str) -> tuple[tuple[str, int, int], Path]:
     except ValueError:
         raise _InputError(f"--tail {spec!r} is not MODEL:SPLIT:EXIT=PATH. To fix: e.g. "
                           "--tail alexnet_exits:7:-1=tail.pt (split 0 = the raw input, exit -1 = final).") from None
-
-
-def _fail(message: str) -> None:
-    from rich.console import Console
-
-    Console(stderr=True).print(f"[red]{message}[/red]", highlight=False)
-    raise typer.Exit(2)
 
 
 def _serve_forever(stop_check: Any = None) -> None:
