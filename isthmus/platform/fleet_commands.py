@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from isthmus.platform.certs_commands import _fail  # the CLI's one error printer (exit code 2)
+
 __all__ = ["register"]
 
 _fleet = typer.Typer(help="Provision the plan's cloud fleet with Terraform and read it back.", no_args_is_help=True)
@@ -14,13 +16,6 @@ _fleet = typer.Typer(help="Provision the plan's cloud fleet with Terraform and r
 
 def register(app: typer.Typer) -> None:
     app.add_typer(_fleet, name="fleet")
-
-
-def _fail(message: str) -> None:
-    from rich.console import Console
-
-    Console(stderr=True).print(f"[red]{message}[/red]", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
 
 
 def _write(text: str, out: Optional[str]) -> None:
