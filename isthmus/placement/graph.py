@@ -95,6 +95,8 @@ class OpGraph:
 
     def has_parallel_branches(self) -> bool:
         """True when two ops could run at once (some op has two successors that do not depend on each other)."""
+        if sum(1 for p in self.preds if not p) > 1:  # two ops read the request's input
+            return True
         reach = self._descendants()
         return any(len(s) > 1 and any(b not in reach[a] and a not in reach[b] for a in s for b in s if a < b)
                    for s in self.succs)

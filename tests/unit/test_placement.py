@@ -1,0 +1,221 @@
+"""Op placement: simulator invariants, valid placements from every policy, learning, fx graphs, `isthmus place`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+from typer.testing import CliRunner
+
+from isthmus.placement.devices import KINDS, LINKS, DeviceKind, DeviceSet, parse_devices
+from isthmus.placement.graph import coarsen, from_module, from_zoo, synthetic_graph
+from isthmus.placement.heuristics import HEURISTICS
+from isthmus.placement.learned import learn_placement
+from isthmus.placement.simulator import critical_path_ms, lower_bound_ms, memory_bytes, simulate
+
+_DEVICE_SETS = ["1xv100", "2xv100", "4xk80", "2xv100+2xk80", "8xp100"]
+
+
+def _random_placement(rng, graph, devices):
+    return rng.integers(0, devices.n, graph.n)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n_ops=st.integers(1, 40), width=st.integers(1, 6), seed=st.integers(0, 10_000),
+       devices=st.sampled_from(_DEVICE_SETS))
+def test_makespan_respects_lower_bounds_and_timeline_rules(n_ops, width, seed, devices):
+    graph = synthetic_graph(n_ops, width, seed)
+    ds = parse_devices(devices)
+    costs = graph.cost_ms(ds)
+    placement = _random_placement(np.random.default_rng(seed), graph, ds)
+    r = simulate(graph, ds, placement, costs=costs, timeline=True)
+    assert r.feasible
+    eps = 1e-9
+    assert r.makespan_ms >= critical_path_ms(graph, costs) - eps
+    assert r.makespan_ms >= costs.min(axis=1).sum() / ds.n - eps
+    assert r.makespan_ms >= lower_bound_ms(graph, costs) - eps
+    ops = {e.name: e for e in r.timeline if e.kind == "op"}
+    assert len(ops) == graph.n
+    # one op at a time per device; transfers on one link one at a time
+    for where in {e.where for e in r.timeline}:
+        bars = sorted((e.start_ms, e.end_ms) for e in r.timeline if e.where == where)
+        assert all(a[1] <= b[0] + eps for a, b in zip(bars, bars[1:]))
+    # an op starts only after each input is on its device
+    for i, name in enumerate(graph.ops):
+        for p in graph.preds[i]:
+            need = ops[graph.ops[p]].end_ms + ds.transfer_ms(placement[p], placement[i], graph.out_bytes[p])
+            assert ops[name].start_ms >= need - eps
+        assert abs(ops[name].end_ms - ops[name].start_ms - costs[i, placement[i]]) < 1e-9
+    assert r.makespan_ms == pytest.approx(max(e.end_ms for e in ops.values()))
+
+
+def test_single_device_makespan_is_total_work():
+    graph = synthetic_graph(30, 4, 1)
+    ds = parse_devices("4xv100")
+    costs = graph.cost_ms(ds)
+    r = simulate(graph, ds, np.zeros(graph.n, dtype=int), costs=costs)
+    assert r.makespan_ms == pytest.approx(costs[:, 0].sum())
+    assert r.period_ms == pytest.approx(costs[:, 0].sum())
+
+
+def test_memory_limit_makes_placement_infeasible_and_heuristics_respect_it():
+    graph = synthetic_graph(30, 3, 2)
+    need = graph.param_bytes + graph.out_bytes
+    small = DeviceKind("tiny", 10.0, 500.0, mem_gb=need.sum() / 1e9 / 2.5)  # the model needs about 3 of them
+    lat, bw = LINKS["pcie"]
+    ds = DeviceSet([small] * 4, np.full((4, 4), lat) * (1 - np.eye(4)), np.full((4, 4), bw))
+    r = simulate(graph, ds, np.zeros(graph.n, dtype=int))
+    assert not r.feasible and r.makespan_ms == float("inf") and "GB" in r.violation
+    with pytest.raises(ValueError, match="To fix"):
+        HEURISTICS["single"](graph, ds, graph.cost_ms(ds))
+    for name in ("expert", "heft", "metf", "msct"):
+        p = HEURISTICS[name](graph, ds, graph.cost_ms(ds))
+        assert (memory_bytes(graph, ds, p) <= ds.mem_bytes).all(), name
+        assert simulate(graph, ds, p).feasible, name
+
+
+@pytest.mark.parametrize("devices", _DEVICE_SETS)
+def test_every_policy_returns_a_valid_placement(devices):
+    ds = parse_devices(devices)
+    for seed in range(3):
+        graph = synthetic_graph(35, 5, seed)
+        costs = graph.cost_ms(ds)
+        placements = {name: h(graph, ds, costs) for name, h in HEURISTICS.items()}
+        placements["learned"] = learn_placement(graph, ds, costs, init=placements["heft"], episodes=5).placement
+        for name, p in placements.items():
+            assert p.shape == (graph.n,) and p.dtype.kind == "i", name
+            assert p.min() >= 0 and p.max() < ds.n, name
+            assert simulate(graph, ds, p, costs=costs).feasible, name
+
+
+def test_heft_beats_single_device_on_a_wide_graph():
+    graph = synthetic_graph(60, 6, 3)
+    ds = parse_devices("4xv100")
+    costs = graph.cost_ms(ds)
+    single = simulate(graph, ds, HEURISTICS["single"](graph, ds, costs), costs=costs).makespan_ms
+    heft = simulate(graph, ds, HEURISTICS["heft"](graph, ds, costs), costs=costs).makespan_ms
+    assert heft < 0.9 * single
+
+
+def test_learned_policy_improves_on_its_start_and_never_loses_to_it():
+    graph = synthetic_graph(40, 5, 4)
+    ds = parse_devices("4xv100")
+    costs = graph.cost_ms(ds)
+    start = np.zeros(graph.n, dtype=int)
+    r = learn_placement(graph, ds, costs, init=start, episodes=60, batch=8, seed=0)
+    assert r.seed_makespan_ms == pytest.approx(simulate(graph, ds, start, costs=costs).makespan_ms)
+    assert r.makespan_ms == pytest.approx(simulate(graph, ds, r.placement, costs=costs).makespan_ms)
+    assert r.makespan_ms < 0.85 * r.seed_makespan_ms  # found parallelism from the all-on-one-device start
+    assert all(a >= b for a, b in zip(r.history, r.history[1:]))
+
+
+def test_reinforce_full_placements_beat_random_placements():
+    graph = synthetic_graph(25, 4, 5)
+    ds = parse_devices("4xv100")
+    costs = graph.cost_ms(ds)
+    rng = np.random.default_rng(0)
+    random_mean = np.mean([simulate(graph, ds, _random_placement(rng, graph, ds), costs=costs).makespan_ms
+                           for _ in range(30)])
+    r = learn_placement(graph, ds, costs, mode="full", episodes=60, batch=8, seed=0)
+    assert r.makespan_ms < random_mean
+
+
+def test_bad_placement_and_arguments_name_the_problem():
+    graph = synthetic_graph(5, 2, 0)
+    ds = parse_devices("2xv100")
+    with pytest.raises(ValueError, match="To fix"):
+        simulate(graph, ds, [0, 1, 2, 0, 0])
+    with pytest.raises(ValueError, match="shape"):
+        simulate(graph, ds, [0, 1])
+    for bad in ("4xq100", "0xv100", "x"):
+        with pytest.raises(ValueError, match="To fix"):
+            parse_devices(bad)
+    with pytest.raises(ValueError, match="To fix"):
+        learn_placement(graph, ds, mode="nope")
+
+
+class _Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(3, 8, 1)
+        self.fc = nn.Linear(16 * 8 * 8, 10)
+
+    def forward(self, x):
+        y = torch.cat([torch.relu(self.a(x)), self.b(x)], dim=1)
+        return self.fc(torch.flatten(y, 1))
+
+
+def test_fx_graph_counts_flops_bytes_and_edges():
+    graph = from_module(_Branchy(), torch.randn(1, 3, 8, 8), name="branchy", repeats=3)
+    names = graph.ops
+    conv_a = names.index("a")
+    assert graph.flops[conv_a] == 2 * (8 * 8 * 8) * 3 * 3 * 3
+    assert graph.param_bytes[conv_a] == (8 * 3 * 3 * 3 + 8) * 4
+    assert graph.out_bytes[conv_a] == 8 * 8 * 8 * 4
+    assert graph.flops[names.index("fc")] == 2 * 10 * 16 * 8 * 8
+    cat = names.index("cat")
+    assert sorted(graph.ops[p] for p in graph.preds[cat]) == ["b", "relu"]
+    assert graph.has_parallel_branches()
+    assert (graph.host_ms > 0).all() and graph.measured_ms > 0
+    fused = coarsen(graph)
+    assert fused.n < graph.n and fused.flops.sum() == pytest.approx(graph.flops.sum())
+    assert fused.host_ms.sum() == pytest.approx(graph.host_ms.sum())
+
+
+def test_roofline_scaling_orders_device_kinds():
+    graph = synthetic_graph(20, 3, 6)
+    v100, k80 = graph.kind_cost_ms(KINDS["v100"]), graph.kind_cost_ms(KINDS["k80"])
+    assert (v100 < k80).all() and (v100 < graph.host_ms).all()
+    assert (v100 >= KINDS["v100"].launch_ms).all()
+
+
+@pytest.fixture(scope="module")
+def _cache(tmp_path_factory):
+    import os
+
+    old = os.environ.get("ISTHMUS_CACHE")
+    os.environ["ISTHMUS_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("ISTHMUS_CACHE")
+    else:
+        os.environ["ISTHMUS_CACHE"] = old
+
+
+@pytest.mark.parametrize("model", ["alexnet_exits", "vgg", "resnet", "inception", "rnnlm"])
+def test_simulated_single_device_cpu_latency_within_15_percent(model, _cache):
+    """The simulator with per-op CPU costs against the whole model timed with torch (same thread count).
+    A shared machine's load can spoil one measurement, so up to three independent ones are taken."""
+    ds = parse_devices("cpu")
+    ratios = []
+    for _ in range(3):
+        graph = from_zoo(model, size="small", repeats=25, cache=False)
+        sim = simulate(graph, ds, np.zeros(graph.n, dtype=int)).makespan_ms
+        ratios.append(sim / graph.measured_ms)
+        if abs(ratios[-1] - 1) <= 0.15:
+            break
+    assert abs(ratios[-1] - 1) <= 0.15, ratios
+
+
+def test_place_cli_json_and_bad_input(_cache):
+    from isthmus.cli import app
+
+    runner = CliRunner()
+    out = runner.invoke(app, ["place", "inception", "--devices", "2xv100", "--size", "small", "--episodes", "5",
+                              "--json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.output)
+    assert data["model"] == "inception" and data["devices"] == "2xv100"
+    assert set(data["policies"]) >= {"single", "expert", "heft", "msct", "learned"}
+    assert data["policies"]["learned"] <= min(v for k, v in data["policies"].items() if k != "learned") + 1e-9
+    assert set(data["placement"].values()) <= {"v100:0", "v100:1"} and data["search_s"] >= 0
+    for args in (["place", "nosuch", "--devices", "2xv100"], ["place", "vgg", "--devices", "2xq9"],
+                 ["place", "vgg", "--episodes", "-1"]):
+        bad = runner.invoke(app, args)
+        assert bad.exit_code == 2 and "To fix" in bad.output, args
