@@ -130,6 +130,40 @@ class _ChecksumError(RuntimeError):
     pass
 
 
+class _CloudSkipped(RuntimeError):
+    pass
+
+
+class _Breaker:
+    """After a failed cloud call, requests skip the cloud for `delay` seconds (doubling from
+    `initial_s` to `max_s` while it keeps failing), so a black-holed link costs one timeout, not
+    one per request; the first request after the window tries the cloud again."""
+
+    def __init__(self, initial_s: float, max_s: float) -> None:
+        self._initial_s, self._max_s = initial_s, max_s
+        self._lock = threading.Lock()
+        self._delay_s = 0.0
+        self._until = 0.0
+        self._reason = ""
+
+    def open_reason(self) -> str:
+        with self._lock:
+            left = self._until - time.monotonic()
+            if left <= 0:
+                return ""
+            return f"{self._reason}; skipping the cloud for {left:.1f} s more"
+
+    def failure(self, reason: str) -> None:
+        with self._lock:
+            self._delay_s = min(self._max_s, max(self._initial_s, 2 * self._delay_s))
+            self._until = time.monotonic() + self._delay_s
+            self._reason = reason
+
+    def success(self) -> None:
+        with self._lock:
+            self._delay_s, self._until = 0.0, 0.0
+
+
 class EdgeAgent:
     """The device-side runtime; `start()` launches its threads, `stop()` ends them."""
 
@@ -161,6 +195,7 @@ class EdgeAgent:
         self._metadata = (("authorization", f"Bearer {config.token}"),)
         self._last_input: tuple[tuple[int, ...], Any] | None = None
         self._fetched: dict[str, bytes] = {}
+        self._breaker = _Breaker(config.cloud_retry_s, max(config.cloud_retry_s, config.backoff_max_s))
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> "EdgeAgent":
@@ -463,11 +498,19 @@ class EdgeAgent:
         head_ms = (time.perf_counter() - start) * 1e3
         reply: dict[str, Any] = {"model": bundle.model, "split": bundle.split, "plan_version": bundle.version,
                                  "head_ms": head_ms, "trace_id": trace_id}
+        skip = self._breaker.open_reason() if bundle.local_exits else ""
         try:
+            if skip:
+                raise _CloudSkipped(skip)
             logits, prediction, server_ms = self._cloud_infer(bundle, activation, f"00-{trace_id}-{span_id}-01")
+            self._breaker.success()
             reply.update(source="cloud", exit=bundle.exit, degraded=False, server_ms=server_ms)
-        except grpc.RpcError as err:
-            reason = f"cloud {bundle.target} failed: {err.code().name}"
+        except (grpc.RpcError, _CloudSkipped) as err:
+            if isinstance(err, grpc.RpcError):
+                reason = f"cloud {bundle.target} failed: {err.code().name}"
+                self._breaker.failure(reason)
+            else:
+                reason = str(err)
             logits, exit_index = self._local_exit(bundle, activation, reason)
             prediction = logits.reshape(logits.shape[0], -1).argmax(dim=1).tolist()
             reply.update(source="local_exit", exit=exit_index, degraded=True,

@@ -46,6 +46,7 @@ class AgentConfig:
     uplink_mbps: float = 0.0
     uplink_burst_bytes: int = 0
     cloud_timeout_s: float = 5.0
+    cloud_retry_s: float = 1.0
     telemetry_interval_s: float = 5.0
     probe_interval_s: float = 10.0
     backoff_initial_s: float = 0.5
@@ -68,7 +69,7 @@ class AgentConfig:
 
 _REQUIRED = ("agent_id", "site", "device", "control_plane", "ca_cert", "cert", "key")
 _PATHS = ("ca_cert", "cert", "key", "profile_file", "trace_file", "state_dir")
-_POSITIVE = ("cloud_timeout_s", "telemetry_interval_s", "probe_interval_s", "backoff_initial_s",
+_POSITIVE = ("cloud_timeout_s", "cloud_retry_s", "telemetry_interval_s", "probe_interval_s", "backoff_initial_s",
              "backoff_max_s", "max_request_bytes", "max_partition_bytes", "threads")
 
 

@@ -70,7 +70,7 @@ def write_agent_config(path: Path, certs: Path, agent_id: str, *, control_plane:
                        **extra: Any) -> Path:
     """An agent config with fast backoff and telemetry, for tests."""
     fast = {"backoff_initial_s": 0.2, "backoff_max_s": 1.0, "telemetry_interval_s": 1.0, "probe_interval_s": 2.0,
-            "cloud_timeout_s": 2.0}
+            "cloud_timeout_s": 2.0, "cloud_retry_s": 3.0}
     return write_config(path, certs_dir=certs, agent_id=agent_id, site="cam-1", device="rpi3",
                         control_plane=control_plane, listen=f"127.0.0.1:{listen_port}", **{**fast, **extra})
 

@@ -181,6 +181,8 @@ def test_cloud_down_answers_from_local_exit(world: _World) -> None:
         assert (reply["source"], reply["degraded"], reply["exit"], reply["split"]) == ("local_exit", True, 2, 2)
         assert "local early exit 2" in reply["reason"]
         assert reply["prediction"] == world.chain.reference(world.x, 2)
+        code, again = infer(world.http_port, world.x)  # within the retry window: straight to the local exit
+        assert code == 200 and again["source"] == "local_exit" and "skipping the cloud" in again["reason"]
     finally:
         world.cloud = InferenceServer(world.chain.tails(), tls=world.tls, port=port).start()
     code, reply = wait_for(lambda: (lambda r: r if r[1].get("source") == "cloud" else None)(
