@@ -251,7 +251,7 @@ def _bo_next(space: ConfigSpace, x: np.ndarray, probed: list[int], samples: int,
         gp = SingleTaskGP(train_x, train_y, train_Yvar=torch.full_like(train_y, 1e-4),
                           outcome_transform=Standardize(m=2))
         try:
-            fit_gpytorch_mll(ExactMarginalLogLikelihood(gp.likelihood, gp))
+            fit_gpytorch_mll(ExactMarginalLogLikelihood(gp.likelihood, gp), optimizer_kwargs={"options": {"maxiter": 60}})
         except Exception:  # a failed hyper-parameter fit keeps the priors; the posterior is still usable
             pass
     gen = torch.Generator().manual_seed(seed)
