@@ -10,7 +10,9 @@ Per model (AlexNet-exits, VGG, ResNet, Inception; full size, profiled on this CP
 - Edgent (AlexNet-exits) over SLOs 100–1000 ms: deadline-hit rate and mean accuracy (exit
   accuracies measured on digits), against Neurosurgeon (full model only) and device-only;
 - decision time from prebuilt tables (targets: < 1 ms for chains, < 20 ms for a 200-node DAG),
-  against the brute-force / MILP time.
+  against the brute-force / MILP time;
+- a real split run (head and tail in two processes, token-bucket loopback): predicted vs measured
+  end-to-end latency, MAPE (target < 15 %).
 Writes bench/results/partition.json and one plot per model, bench/results/partition_<model>.png.
 
     python bench/partition.py            # profiles are cached under $ISTHMUS_CACHE after the first run
@@ -185,6 +187,23 @@ def _dag200(repeats: int) -> dict[str, Any]:
             "milp_ms": statistics.mean(milp), "max_gap_to_exact": max(gaps)}
 
 
+def _split_run(requests: int) -> dict[str, Any]:
+    """Real split run of full AlexNet-exits (two processes, token-bucket loopback): predicted vs measured."""
+    import tempfile
+
+    import torch
+
+    from isthmus.models import build, example_input
+    from isthmus.partition.splitrun import predict_vs_measure
+
+    torch.manual_seed(0)
+    cases = [(None, -1, 20.0), (None, 6, 5.0), (None, 15, 1.0), (3, 2, 10.0), (None, 2, 10.0)]
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = predict_vs_measure("alexnet_exits", build("alexnet_exits", "full"), example_input("alexnet_exits"),
+                                  cases, tmp, requests=requests)
+    return {"rows": rows, "mape": statistics.mean(r["error"] for r in rows), "target_mape": 0.15}
+
+
 def _plot(name: str, result: dict[str, Any]) -> Path:
     import matplotlib
 
@@ -216,6 +235,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer bandwidths and SLOs")
     parser.add_argument("--repeats", type=int, default=10, help="profiler repeats per layer (when not cached)")
+    parser.add_argument("--no-split-run", action="store_true", help="skip the real two-process split run (~3 min)")
     args = parser.parse_args()
     from rich.console import Console
     from rich.table import Table
@@ -228,6 +248,8 @@ def main() -> None:
         results["models"][name] = _model_results(name, bandwidths, slos, args.repeats)
         results["models"][name]["plot"] = str(_plot(name, results["models"][name]).relative_to(RESULTS.parent))
     results["dag200"] = _dag200(repeats=5 if args.quick else 20)
+    if not args.no_split_run:
+        results["split_run"] = _split_run(requests=4 if args.quick else 6)
 
     console = Console(width=150)
     table = Table(title=f"Partition: {DEVICE} -> {SERVER}, {bandwidths[0]:g}-{bandwidths[-1]:g} Mbps, "
@@ -266,6 +288,16 @@ def main() -> None:
             et.add_row(s, f"{edgent[s]['hit_rate']:.3f}", f"{edgent[s]['mean_accuracy']:.3f}", f"{ratio:.2f}")
         console.print(et)
         console.print(f"exit accuracies (digits): {edgent['exit_accuracy']}", highlight=False)
+    if "split_run" in results:
+        st = Table(title="Real split run (head and tail processes, token-bucket loopback, 1 thread each)")
+        for col in ("exit", "split", "Mbps", "bytes", "predicted ms", "measured ms", "error"):
+            st.add_column(col, justify="right")
+        for r in results["split_run"]["rows"]:
+            st.add_row(str(r["exit"]), str(r["split"]), f"{r['bandwidth_mbps']:g}", f"{r['activation_bytes']:,}",
+                       f"{r['predicted_ms']:.1f}", f"{r['measured_ms']:.1f}", f"{100 * r['error']:.1f} %")
+        console.print(st)
+        console.print(f"split-run MAPE {100 * results['split_run']['mape']:.1f} % (target < 15 %)", highlight=False)
+        results["summary"]["split_run_mape"] = results["split_run"]["mape"]
     s = results["summary"]
     console.print(f"mean speedup vs device-only {s['mean_speedup_vs_device_only']:.2f}x, vs cloud-only "
                   f"{s['mean_speedup_vs_cloud_only']:.2f}x (Neurosurgeon reports 3.1x); max gap to exact "

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SplitRunResult", "split_run", "send_tensors", "recv_tensors"]
+__all__ = ["SplitRunResult", "split_run", "predict_vs_measure", "send_tensors", "recv_tensors"]
 
 _CHUNK_BYTES = 8192
 _HEADER = struct.Struct("!I")
@@ -167,6 +167,53 @@ def split_run(head_path: str | Path, tail_path: str | Path, example: Any, bandwi
                 tail.terminate()
             tail.wait(timeout=30)
     return SplitRunResult(data["latency_ms"], data["activation_bytes"])
+
+
+def _path_prediction_ms(model: Any, x: Any, exit: int | None, split: int, bandwidth_mbps: float) -> float:
+    """The chain formula on a fresh per-layer profile (this CPU, 1 thread) of the exit path's layers."""
+    import torch
+
+    from isthmus.partition.profiles import chain_table
+    from isthmus.partition.splits import split_modules
+    from isthmus.profiler import profile_module
+
+    head, tail = split_modules(model, split, exit)
+    path = torch.nn.Module()
+    path.layers = torch.nn.ModuleList(list(head) + list(tail))  # a chain, profiled layer by layer
+    local = profile_module(path, x, model_name="split-run", repeats=4, warmup=1)
+    return chain_table(local, local).latency_ms(None, split, bandwidth_mbps, rtt_ms=0.0)
+
+
+def predict_vs_measure(model_name: str, model: Any, x: Any, cases: list[tuple[int | None, int, float]],
+                       workdir: str | Path, requests: int = 6, size: str = "full") -> list[dict[str, Any]]:
+    """For each (exit, split, bandwidth_mbps) of a chain zoo model: export head/tail, run them in two
+    processes over the shaped link, and compare the median end-to-end latency with the partitioner's
+    prediction. The machine may be shared: the path is profiled right before and right after the
+    run and the lower prediction is used (a load spike only ever inflates a profile).
+    """
+    import torch
+
+    from isthmus.partition.splits import export_partitions
+
+    rows = []
+    with _one_thread():
+        for exit, split, bw in cases:
+            head, tail = export_partitions(model_name, size, split, exit, workdir, model=model)
+            before = _path_prediction_ms(model, x, exit, split, bw)
+            run = split_run(head, tail, x, bw, requests=requests)
+            after = _path_prediction_ms(model, x, exit, split, bw)
+            predicted = min(before, after)
+            rows.append({"exit": exit, "split": split, "bandwidth_mbps": bw, "activation_bytes": run.activation_bytes,
+                         "predicted_ms": predicted, "measured_ms": run.median_ms,
+                         "error": abs(run.median_ms - predicted) / run.median_ms})
+    return rows
+
+
+def _one_thread() -> Any:
+    """Profile with one torch thread, like the head and tail processes."""
+    from isthmus.models.runtime import torch_threads
+
+    return torch_threads(1)
 
 
 def main(argv: list[str] | None = None) -> None:
