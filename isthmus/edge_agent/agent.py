@@ -338,7 +338,10 @@ class EdgeAgent:
                 continue
             try:
                 self._fetched = {}
-                self._bundle = self._load(desired)
+                bundle = self._load(desired)
+                if current is None or (current.target, current.tls) != (bundle.target, bundle.tls):
+                    self._breaker.success()  # a new cloud endpoint starts with a clean record
+                self._bundle = bundle
                 try:
                     self._save_state(desired, self._fetched)
                 except OSError as err:

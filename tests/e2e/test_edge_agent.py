@@ -9,6 +9,8 @@ the local early exit. Plus: plan changes switch the split atomically under load.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import hashlib
+import socket
 import subprocess
 import sys
 import time
@@ -55,8 +57,11 @@ class _World:
         return self.chain.assignment(split, self.cloud.address, tls=True)
 
     def publish_and_wait(self, split: int) -> None:
-        self.plan.publish({"cam-1": self.assignment(split)})
-        wait_for(lambda: (status(self.http_port).get("loaded") or {}).get("split") == split, 60,
+        assignment = self.assignment(split)
+        self.plan.publish({"cam-1": assignment})
+        head = hashlib.sha256(assignment["head"]).hexdigest() if assignment["head"] else ""
+        wait_for(lambda: ((status(self.http_port).get("loaded") or {}).get("head_sha256"),
+                          status(self.http_port)["loaded"]["model"]) == (head, "tiny"), 60,
                  f"the agent to load split {split}")
 
     def restart_control_plane(self, split: int) -> None:
@@ -188,6 +193,26 @@ def test_cloud_down_answers_from_local_exit(world: _World) -> None:
     code, reply = wait_for(lambda: (lambda r: r if r[1].get("source") == "cloud" else None)(
         infer(world.http_port, world.x)), 30, "the cloud to answer again")
     assert reply["prediction"] == world.chain.reference(world.x, 3)
+
+
+def test_black_holed_cloud_costs_one_timeout_then_local_exits(world: _World) -> None:
+    with socket.socket() as hole:  # accepts connections (kernel backlog) and never answers
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(64)
+        target = f"127.0.0.1:{hole.getsockname()[1]}"
+        world.plan.publish({"cam-1": world.chain.assignment(2, target, tls=True)})
+        wait_for(lambda: (status(world.http_port).get("loaded") or {}).get("inference_target") == target, 60,
+                 "the agent to load the assignment with the silent cloud")
+        code, first = infer(world.http_port, world.x)
+        assert code == 200 and first["source"] == "local_exit" and "DEADLINE_EXCEEDED" in first["reason"]
+        assert first["latency_ms"] >= 1900  # it waited cloud_timeout_s = 2 s once
+        code, second = infer(world.http_port, world.x)
+        assert code == 200 and second["source"] == "local_exit" and "skipping the cloud" in second["reason"]
+        assert second["latency_ms"] < first["latency_ms"] / 2
+        assert second["prediction"] == world.chain.reference(world.x, 2)
+    world.publish_and_wait(1)
+    code, reply = infer(world.http_port, world.x)  # a new endpoint starts with a clean record
+    assert code == 200 and reply["source"] == "cloud"
 
 
 def test_control_plane_restart_reconnects_and_resumes(world: _World) -> None:
