@@ -154,7 +154,7 @@ def version_table(name: str, repeats: int = 10, refresh: bool = False) -> list[d
         acc = exit_acc[version.removeprefix("exit")] if version.startswith("exit") else accuracy(small, name)
         model, x = build_version(name, version, "full")
         with torch_threads(threads), torch.inference_mode():
-            latency = median_ms(lambda: model(x), repeats)
+            latency = median_ms(lambda: model(x), repeats, warmup=1)
         rows.append({"name": version, "accuracy": round(acc, 4), "latency_ms": {"cpu": round(latency, 3)},
                      "small_bytes": _params_and_bytes(small)[1], "threads": threads})
     base = rows[0]
