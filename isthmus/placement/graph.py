@@ -25,6 +25,8 @@ from typing import Any, Callable
 import numpy as np
 
 from isthmus.placement.devices import DeviceKind, DeviceSet, host_kind
+from isthmus.profiler.core import _nbytes as _tensor_bytes  # tensor / tuple sizes, shared with the profiler
+from isthmus.profiler.core import _numel
 
 __all__ = ["OpGraph", "synthetic_graph", "from_module", "from_zoo", "coarsen"]
 
@@ -189,26 +191,6 @@ def synthetic_graph(n_ops: int = 40, width: int = 4, seed: int = 0, name: str | 
 
 
 # ------------------------------------------------------------------ torch.fx op graphs
-
-def _tensor_bytes(value: Any) -> int:
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, (tuple, list)):
-        return sum(_tensor_bytes(v) for v in value)
-    return 0
-
-
-def _numel(value: Any) -> int:
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        return value.numel()
-    if isinstance(value, (tuple, list)):
-        return sum(_numel(v) for v in value)
-    return 0
-
 
 def _flops(target: Any, args: tuple, out: Any) -> float:
     """FLOPs of one op from its module / function and concrete tensors (multiply-add = 2 FLOPs)."""
