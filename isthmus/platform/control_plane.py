@@ -161,6 +161,13 @@ class PlanSource:
             out.agent_id = agent_id
             return self._version, out
 
+    def may_fetch(self, agent_id: str, site: str, partition_id: str) -> bool:
+        """Whether the agent's current assignment references this partition (least privilege)."""
+        _, a = self.assignment_for(agent_id, site)
+        refs = ([a.head.partition_id] if a.HasField("head") else []) + [e.partition.partition_id
+                                                                         for e in a.local_exits]
+        return a.assigned and partition_id in refs
+
     def wait_change(self, known_version: int, timeout_s: float) -> int:
         """Block until the version differs from `known_version` or `timeout_s` passes."""
         with self._cond:
@@ -273,6 +280,12 @@ class _Servicer:
     def FetchPartition(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         pb = _proto.load("control_plane_pb2")
         agent_id = self._authenticate(context)
+        info = self._plan.agents().get(agent_id)
+        if info is None or not self._plan.may_fetch(agent_id, info["site"], request.partition_id):
+            _log.warning("agent %s denied partition %s (not in its assignment)", agent_id, request.partition_id[:12])
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          f"partition {request.partition_id[:64]!r} is not in this agent's current assignment. "
+                          "To fix: fetch the partitions your latest Assignment names.")
         data = self._plan.store.get(request.partition_id)
         if data is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"partition {request.partition_id[:64]!r} is unknown. "

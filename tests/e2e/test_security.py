@@ -206,3 +206,57 @@ def test_revoked_token_rejected_without_restart_and_missing_file_fails_closed(tm
                 grpc.StatusCode.UNAUTHENTICATED
             check = health_pb2_grpc.HealthStub(c2).Check(health_pb2.HealthCheckRequest(), timeout=10)
             assert check.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_agent_fetches_only_partitions_of_its_own_assignment(server: ControlPlaneServer, pki: dict[str, Path]) -> None:
+    good = pki["good"]
+    server.plan.publish({
+        "cam-1": {"model": "m", "split": 1, "exit": -1, "head": b"cam-1 head", "inference_target": "127.0.0.1:1"},
+        "cam-2": {"model": "m", "split": 1, "exit": -1, "head": b"secret cam-2 head", "inference_target": "127.0.0.1:1"},
+    })
+    token = _token(good, "a1")
+    metadata = (("authorization", f"Bearer {token}"),)
+    with _agent_channel(server, good, "a1") as channel:
+        _register(channel, token)  # a1 sits at cam-1
+        stub = _CP_GRPC.ControlPlaneStub(channel)
+        mine = server.plan.assignment_for("a1", "cam-1")[1].head.partition_id
+        theirs = server.plan.assignment_for("x", "cam-2")[1].head.partition_id
+        chunks = list(stub.FetchPartition(_CP.FetchPartitionRequest(partition_id=mine), metadata=metadata, timeout=10))
+        assert b"".join(c.data for c in chunks) == b"cam-1 head"
+        denied = _code(lambda: list(stub.FetchPartition(_CP.FetchPartitionRequest(partition_id=theirs),
+                                                        metadata=metadata, timeout=10)))
+        assert denied == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_inference_server_survives_garbage_and_keeps_serving(pki: dict[str, Path]) -> None:
+    import random
+    import socket
+
+    import numpy as np
+    import torch
+
+    inf_pb = _proto.load("inference_pb2")
+    inf_grpc = _proto.load("inference_pb2_grpc")
+    tail = torch.nn.Linear(4, 3).eval()
+    rng = random.Random(0)
+    with InferenceServer({("m", 1, -1): tail}, max_request_bytes=1 << 16) as inf:
+        for _ in range(20):  # raw bytes that are not HTTP/2 at all
+            with socket.create_connection(("127.0.0.1", inf.port), timeout=5) as sock:
+                sock.sendall(rng.randbytes(rng.randint(1, 4096)))
+        with grpc.insecure_channel(inf.address) as channel:
+            stub = inf_grpc.InferenceStub(channel)
+            good = inf_pb.InferRequest(model="m", split=1, exit=-1,
+                                       tensor=_proto.encode_tensor(np.ones((2, 4), dtype="float32")))
+            bad_tensors = [
+                {"dtype": "float32", "shape": [2, 4], "data": b"short"},
+                {"dtype": "complex128", "shape": [1], "data": b"\0" * 16},
+                {"dtype": "float32", "shape": [10**9, 10**9], "data": b""},
+                {"dtype": "float32", "shape": [2, 5], "data": b"\0" * 40},  # decodes; the tail cannot run it
+                {"dtype": "float32", "shape": [1], "data": b"\0" * 4, "encoding": 1},  # not Arrow IPC
+            ]
+            for fields in bad_tensors:
+                request = inf_pb.InferRequest(model="m", split=1, exit=-1, tensor=_proto.load("tensor_pb2").Tensor(**fields))
+                assert _code(lambda: stub.Infer(request, timeout=10)) == grpc.StatusCode.INVALID_ARGUMENT
+                assert list(stub.Infer(good, timeout=10).prediction) == tail(torch.ones(2, 4)).argmax(1).tolist()
+            missing = inf_pb.InferRequest(model="m", split=2, exit=-1, tensor=good.tensor)
+            assert _code(lambda: stub.Infer(missing, timeout=10)) == grpc.StatusCode.NOT_FOUND
