@@ -181,8 +181,11 @@ def serve_config(plan: Plan, spec: Spec | None = None, *, triton_urls: dict[str,
     DeviceActor (`device_actor_name(site)`). `keep_apps` are extra site app configs to keep running.
     Without `spec`, sites in `edge_sites` are pinned as `edge:<site>`, all others as `region:<site>`.
     """
+    from isthmus.platform.tracing import TracingConfig
+
     table = routing_table(plan, spec, plan_version)
     urls = dict(triton_urls or {})
+    tracing = TracingConfig.model_validate(tracing).model_dump(exclude_none=True) if tracing else None
     site_apps: dict[str, dict] = {}
     for entries in table.services.values():
         for entry in entries:

@@ -98,7 +98,8 @@ def runtime(tmp_path_factory: pytest.TempPathFactory):
         urls = dict(zip(devices, ray.get(started, timeout=300)))
         yield {"spec": spec, "model": model, "optimizer": optimizer, "devices": devices, "triton_urls": urls,
                "http": f"http://127.0.0.1:{http_port}/", "grpc_port": grpc_port, "spans": spans_path,
-               "otlp": otlp, "deploy_s": deploy_s}
+               "otlp": otlp, "deploy_s": deploy_s, "address": cluster.address, "http_port": http_port,
+               "tracing": tracing, "tmp": tmp}
     finally:
         from ray import serve
 
@@ -149,8 +150,17 @@ def test_requests_follow_the_plan_fractions_on_the_planned_nodes(runtime) -> Non
     nodes = _node_resources()
     x = _x(1).tolist()
 
-    def one(_: int) -> tuple[int, dict]:
-        return _post(runtime["http"], {"service": "detect", "input": x})
+    local = threading.local()
+    body = json.dumps({"service": "detect", "input": x})
+
+    def one(_: int) -> tuple[int, dict]:  # keep-alive: one connection per client thread
+        import http.client
+
+        if not hasattr(local, "conn"):
+            local.conn = http.client.HTTPConnection("127.0.0.1", runtime["http_port"], timeout=60)
+        local.conn.request("POST", "/", body=body, headers={"Content-Type": "application/json"})
+        response = local.conn.getresponse()
+        return response.status, json.loads(response.read())
 
     with futures.ThreadPoolExecutor(max_workers=8) as pool:
         replies = list(pool.map(one, range(2000)))
@@ -162,6 +172,30 @@ def test_requests_follow_the_plan_fractions_on_the_planned_nodes(runtime) -> Non
         assert abs(counts[site] / len(replies) - fraction) <= 0.05, (site, counts, planned)
     expected = runtime["model"](torch.from_numpy(np.asarray(x, dtype=np.float32))).detach().numpy()
     np.testing.assert_allclose(np.asarray(replies[0][1]["output"], dtype=np.float32), expected, atol=1e-5)
+
+
+def test_prometheus_metrics_per_deployment(runtime) -> None:
+    ports = [n["MetricsExportPort"] for n in ray.nodes() if n["Alive"] and n.get("MetricsExportPort")]
+    wanted = ["isthmus_requests_total", "isthmus_latency_ms_bucket", "isthmus_batch_size_bucket"]
+    deadline, text = time.monotonic() + 60, ""
+    while time.monotonic() < deadline:
+        text = ""
+        for port in ports:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:  # noqa: S310
+                    text += response.read().decode()
+            except OSError:
+                continue
+        lines = [line for line in text.splitlines() if "isthmus_" in line and not line.startswith("#")]
+        if all(any(w in line and 'site="cam-1"' in line for line in lines) for w in wanted):
+            break
+        time.sleep(2)
+    lines = [line for line in text.splitlines() if "isthmus_" in line and not line.startswith("#")]
+    for w in wanted:
+        assert any(w in line and 'site="cam-1"' in line for line in lines), (w, lines[:10], ports)
+    site_requests = [line for line in lines if "isthmus_requests_total" in line
+                     and 'deployment="isthmus-site-cam-1-mlp-fp32"' in line]
+    assert site_requests and float(site_requests[0].rsplit(" ", 1)[1]) >= 1
 
 
 def test_one_trace_spans_ingress_deployment_and_triton(runtime) -> None:
@@ -231,6 +265,50 @@ def test_tritonclient_straight_to_each_triton(runtime) -> None:
         np.testing.assert_allclose(out, expected, atol=1e-5, err_msg=site)
 
 
+def test_serve_config_cli_yaml_is_what_runs(runtime) -> None:
+    from typer.testing import CliRunner
+
+    from isthmus.cli import app
+
+    tmp = runtime["tmp"]
+    (tmp / "plan.json").write_text(json.dumps(ray.get(runtime["optimizer"].plan.remote())))
+    (tmp / "spec.yaml").write_text(yaml.safe_dump(SPEC))
+    result = CliRunner().invoke(app, [
+        "serve-config", str(tmp / "plan.json"), "--spec", str(tmp / "spec.yaml"), "--http-port",
+        str(runtime["http_port"]), "--grpc-port", str(runtime["grpc_port"]),
+        "--trace-jsonl", runtime["tracing"]["jsonl_path"], "--otlp-endpoint", runtime["tracing"]["otlp_endpoint"]])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(result.stdout) == ray.get(runtime["optimizer"].serve_config.remote())
+
+
+def test_up_address_checks_every_site_has_a_node(runtime) -> None:
+    import subprocess
+    import sys
+
+    tmp = runtime["tmp"]
+    isthmus = [sys.executable, "-m", "isthmus.cli"]
+    (tmp / "spec.yaml").write_text(yaml.safe_dump(SPEC))
+    ok = subprocess.run([*isthmus, "up", str(tmp / "spec.yaml"), "--address", runtime["address"], "--json"],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert set(SITES.values()) <= set(json.loads(ok.stdout.strip().splitlines()[-1])["sites"])
+    bigger = dict(SPEC, edge_sites=SPEC["edge_sites"] + [{"name": "cam-9", "device": "rpi", "count": 1}])
+    (tmp / "bigger.yaml").write_text(yaml.safe_dump(bigger))
+    missing = subprocess.run([*isthmus, "up", str(tmp / "bigger.yaml"), "--address", runtime["address"]],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "cam-9" in missing.stderr and "To fix" in missing.stderr, missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+def test_a_failed_site_is_retried_on_another(runtime) -> None:
+    killed = ray.get(runtime["devices"]["us-east"].kill_triton.remote())
+    assert killed > 0
+    replies = [_post(runtime["http"], {"service": "detect", "input": _x(1).tolist()}) for _ in range(10)]
+    assert all(code == 200 for code, _ in replies), replies[:2]
+    retried = [r for _, r in replies if r["attempts"] > 1]
+    assert retried and all(r["site"] != "us-east" for r in retried), [(r["site"], r["attempts"]) for _, r in replies]
+
+
 def test_replan_on_rate_change_rolls_out_without_failed_requests(runtime) -> None:
     from ray import serve
 
@@ -254,6 +332,7 @@ def test_replan_on_rate_change_rolls_out_without_failed_requests(runtime) -> Non
     stop.set()
     for t in threads:
         t.join(timeout=120)
+    print(f"\nre-plan: {entry}")
     assert entry["replanned"] and entry["changed"] and entry["replan_s"] <= 10.0, entry
     assert entry["rollout"]["start_new_s"] + entry["rollout"]["switch_weights_s"] + entry["replan_s"] <= 10.0, entry
     failed = [r for r in results if r[0] != 200]
