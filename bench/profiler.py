@@ -2,7 +2,8 @@
 
 1. Edgent per-layer-type regression: fitted on random synthetic layers measured on this CPU
    (the offline stage), evaluated on every layer of the full-size zoo CNNs (layers it did not see).
-   MAPE per kind, against two baselines fitted on the same data:
+   MAPE per kind of the Edgent linear form and of a per-kind power law (log-log), against two
+   baselines fitted on the same data:
    - roofline: latency = FLOPs / (measured local GFLOPS)   (no fitting per kind),
    - one global linear model over (input bytes, FLOPs) for every kind (no per-kind split).
    Also the whole-model latency predicted (Σ predicted layers) vs measured (Σ measured layers).
@@ -40,6 +41,7 @@ def regression_part(per_kind: int, repeats: int, profile_repeats: int) -> dict[s
     train = synthetic_layers(per_kind=per_kind, seed=0, repeats=repeats)
     fit_s = time.perf_counter() - t0
     edgent = LayerRegression.fit(train)
+    loglog = LayerRegression.fit(train, form="loglog")
     global_fit = LayerRegression.fit([type(x)(x.name, "any", x.latency_ms, x.out_bytes, x.in_bytes, x.flops)
                                       for x in train])
     gflops = local_gflops()
@@ -51,8 +53,11 @@ def regression_part(per_kind: int, repeats: int, profile_repeats: int) -> dict[s
         unseen += layers
         measured = sum(x.latency_ms for x in prof.layers)
         predicted = sum(edgent.predict(x) for x in prof.layers)
+        predicted_ll = sum(loglog.predict(x) for x in prof.layers)
         per_model.append({"model": name, "layers": len(prof.layers), "measured_ms": measured,
-                          "predicted_ms": predicted, "error_pct": abs(predicted - measured) / measured * 100})
+                          "predicted_ms": predicted, "error_pct": abs(predicted - measured) / measured * 100,
+                          "predicted_loglog_ms": predicted_ll,
+                          "error_loglog_pct": abs(predicted_ll - measured) / measured * 100})
     rows = []
     for kind in kinds + ("all",):
         sel = [x for x in unseen if kind == "all" or x.kind == kind]
@@ -60,6 +65,7 @@ def regression_part(per_kind: int, repeats: int, profile_repeats: int) -> dict[s
             continue
         as_any = [type(x)(x.name, "any", x.latency_ms, x.out_bytes, x.in_bytes, x.flops) for x in sel]
         row = {"kind": kind, "layers": len(sel), "edgent_mape": mape(edgent, sel)["all"],
+               "loglog_mape": mape(loglog, sel)["all"],
                "global_mape": mape(global_fit, as_any)["all"], "roofline_mape": _roofline_mape(sel, gflops)}
         row["global_over_edgent"] = row["global_mape"] / max(row["edgent_mape"], 1e-9)
         row["roofline_over_edgent"] = row["roofline_mape"] / max(row["edgent_mape"], 1e-9)
@@ -98,20 +104,21 @@ def main() -> None:
                               profile_repeats=5 if args.quick else 20)
     table = Table(title=f"Per-layer latency regression, MAPE % on {sum(r['layers'] for r in reg['mape_on_unseen_zoo_layers'] if r['kind'] != 'all')} "
                         f"unseen zoo layers (fit on {reg['train_layers']} synthetic layers)")
-    for col in ("kind", "layers", "Edgent per-kind", "global linear", "roofline", "global / Edgent",
-                "roofline / Edgent"):
+    for col in ("kind", "layers", "Edgent per-kind", "log-log per-kind", "global linear", "roofline",
+                "global / Edgent", "roofline / Edgent"):
         table.add_column(col, justify="left" if col == "kind" else "right")
     for r in reg["mape_on_unseen_zoo_layers"]:
-        table.add_row(r["kind"], str(r["layers"]), f"{r['edgent_mape']:.1f}", f"{r['global_mape']:.1f}",
+        table.add_row(r["kind"], str(r["layers"]), f"{r['edgent_mape']:.1f}", f"{r['loglog_mape']:.1f}",
+                      f"{r['global_mape']:.1f}",
                       f"{r['roofline_mape']:.1f}", f"{r['global_over_edgent']:.2f}x",
                       f"{r['roofline_over_edgent']:.2f}x")
     console.print(table)
     whole = Table(title="Whole model: Σ predicted vs Σ measured layer latency (full size, this CPU)")
-    for col in ("model", "layers", "measured ms", "predicted ms", "error %"):
+    for col in ("model", "layers", "measured ms", "Edgent ms", "error %", "log-log ms", "error %"):
         whole.add_column(col, justify="left" if col == "model" else "right")
     for r in reg["whole_model"]:
         whole.add_row(r["model"], str(r["layers"]), f"{r['measured_ms']:.1f}", f"{r['predicted_ms']:.1f}",
-                      f"{r['error_pct']:.1f}")
+                      f"{r['error_pct']:.1f}", f"{r['predicted_loglog_ms']:.1f}", f"{r['error_loglog_pct']:.1f}")
     console.print(whole)
 
     models = ("resnet", "rnnlm") if args.quick else tuple(ZOO_NAMES)

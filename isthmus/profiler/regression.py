@@ -3,7 +3,13 @@ device from a few measurements, without running the model there.
 
 For each layer kind k a linear model over that kind's features (Edgent's independent variables):
 
-    latency_ms ≈ c₀ + Σ_j c_j · x_j,   c ≥ 0 (non-negative least squares)
+    latency_ms ≈ c₀ + Σ_j c_j · x_j,   c ≥ 0 (non-negative least squares, rows weighted by
+                                        1 / latency so the fit minimises relative error)
+
+or, with `form="loglog"`, a power law fitted by least squares in log space (captures kernels
+whose throughput changes with size, e.g. small convs or cache effects):
+
+    log latency_ms ≈ c₀ + Σ_j c_j · log(1 + x_j)
 
 conv: x = (input bytes, output bytes, FLOPs) · fc: (input bytes, output bytes, FLOPs) ·
 pool: (input bytes, output bytes) · relu, lrn, dropout, bn, ...: (input bytes,).
@@ -14,6 +20,7 @@ Accuracy is reported as MAPE = mean |pred - meas| / meas on layers the fit did n
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -41,24 +48,32 @@ def _features(kind: str) -> tuple[str, ...]:
 @dataclass
 class _Fit:
     features: tuple[str, ...]
-    coef: list[float]  # intercept first, then one per feature (ms per unit)
+    coef: list[float]  # intercept first, then one per feature
     samples: int
+    form: str = "linear"
 
     def predict(self, layer: LayerProfile) -> float:
-        return self.coef[0] + sum(c * getattr(layer, f) for c, f in zip(self.coef[1:], self.features))
+        values = [float(getattr(layer, f)) for f in self.features]
+        if self.form == "loglog":
+            return math.exp(self.coef[0] + sum(c * math.log1p(v) for c, v in zip(self.coef[1:], values)))
+        return self.coef[0] + sum(c * v for c, v in zip(self.coef[1:], values))
 
 
-def _nnls_fit(layers: list[LayerProfile], features: tuple[str, ...]) -> _Fit:
+def _fit_rows(layers: list[LayerProfile], features: tuple[str, ...], form: str) -> _Fit:
     import numpy as np
     from scipy.optimize import nnls
 
-    x = np.array([[1.0] + [float(getattr(l, f)) for f in features] for l in layers])
+    raw = np.array([[float(getattr(l, f)) for f in features] for l in layers])
     y = np.array([l.latency_ms for l in layers])
+    if form == "loglog":
+        x = np.hstack([np.ones((len(y), 1)), np.log1p(raw)])
+        coef = np.linalg.lstsq(x, np.log(np.maximum(y, 1e-6)), rcond=None)[0]
+        return _Fit(features, list(coef), len(layers), form)
+    x = np.hstack([np.ones((len(y), 1)), raw])
     scale = np.maximum(np.abs(x).max(axis=0), 1e-12)  # column scaling for conditioning
-    # relative error matters (MAPE): weight each row by 1 / measured latency
-    w = 1.0 / np.maximum(y, 1e-6)
+    w = 1.0 / np.maximum(y, 1e-6)  # relative error matters (MAPE)
     coef, _ = nnls((x / scale) * w[:, None], y * w)
-    return _Fit(features, list(coef / scale), len(layers))
+    return _Fit(features, list(coef / scale), len(layers), form)
 
 
 @dataclass
@@ -69,8 +84,12 @@ class LayerRegression:
     fits: dict[str, _Fit] = field(default_factory=dict)
 
     @classmethod
-    def fit(cls, layers: Iterable[LayerProfile], device: str = "local-cpu", min_samples: int = 3) -> LayerRegression:
-        """Fit each kind with at least `min_samples` layers; every layer also feeds the fallback."""
+    def fit(cls, layers: Iterable[LayerProfile], device: str = "local-cpu", min_samples: int = 3,
+            form: str = "linear") -> LayerRegression:
+        """Fit each kind with at least `min_samples` layers; every layer also feeds the fallback.
+        `form`: "linear" (Edgent) or "loglog" (power law)."""
+        if form not in ("linear", "loglog"):
+            raise ValueError(f"form {form!r} is not 'linear' or 'loglog'. To fix: pass form='linear' (Edgent)")
         layers = [l for l in layers if l.latency_ms > 0]
         if len(layers) < min_samples:
             raise ValueError(f"{len(layers)} measured layers is too few to fit. To fix: profile more layers "
@@ -78,8 +97,8 @@ class LayerRegression:
         by_kind: dict[str, list[LayerProfile]] = {}
         for layer in layers:
             by_kind.setdefault(layer.kind, []).append(layer)
-        fits = {k: _nnls_fit(v, _features(k)) for k, v in by_kind.items() if len(v) >= min_samples}
-        fits[_ANY] = _nnls_fit(layers, _FALLBACK)
+        fits = {k: _fit_rows(v, _features(k), form) for k, v in by_kind.items() if len(v) >= min_samples}
+        fits[_ANY] = _fit_rows(layers, _FALLBACK, form)
         return cls(device, fits)
 
     def predict(self, layer: LayerProfile) -> float:
@@ -98,14 +117,15 @@ class LayerRegression:
                                    exits=exits)
 
     def to_json(self) -> str:
-        return json.dumps({"device": self.device, "fits": {k: {"features": list(f.features), "coef": f.coef,
-                                                                "samples": f.samples} for k, f in self.fits.items()}})
+        return json.dumps({"device": self.device, "fits": {
+            k: {"features": list(f.features), "coef": f.coef, "samples": f.samples, "form": f.form}
+            for k, f in self.fits.items()}})
 
     @classmethod
     def from_json(cls, text: str) -> LayerRegression:
         data = json.loads(text)
-        return cls(data["device"], {k: _Fit(tuple(v["features"]), list(v["coef"]), v["samples"])
-                                    for k, v in data["fits"].items()})
+        return cls(data["device"], {k: _Fit(tuple(v["features"]), list(v["coef"]), v["samples"],
+                                            v.get("form", "linear")) for k, v in data["fits"].items()})
 
 
 def mape(regression: LayerRegression, layers: Iterable[LayerProfile]) -> dict[str, float]:
@@ -124,14 +144,16 @@ def _random_layer(rng: random.Random, kind: str, scale: float) -> tuple[Any, Any
     import torch
     from torch import nn
 
-    hw = max(4, int(rng.choice([7, 14, 28, 56]) * scale))
-    c = max(4, int(rng.choice([16, 32, 64, 128]) * scale))
+    hw = max(4, int(rng.choice([7, 14, 28, 56, 112]) * scale))
+    c = max(4, int(rng.choice([16, 32, 64, 128, 256]) * scale))
     if kind == "conv":
-        k = rng.choice([1, 3, 5])
-        return nn.Conv2d(c, max(4, int(rng.choice([16, 32, 64, 128]) * scale)), k, rng.choice([1, 2]), k // 2), \
-            torch.rand(1, c, hw, hw)
+        k = rng.choice([1, 3, 3, 5, 7])
+        cin = 3 if rng.random() < 0.15 else c
+        cout = max(4, int(rng.choice([16, 32, 64, 128, 256]) * scale))
+        hw = min(hw, 28) if cin * cout * k * k > 128 * 128 * 9 else hw  # keep one layer under ~1 GFLOP
+        return nn.Conv2d(cin, cout, k, rng.choice([1, 2]), k // 2), torch.rand(1, cin, hw, hw)
     if kind == "fc":
-        cin, cout = (max(16, int(rng.choice([256, 512, 1024, 2048, 4096]) * scale)) for _ in range(2))
+        cin, cout = (max(16, int(rng.choice([256, 512, 1024, 2048, 4096, 9216]) * scale)) for _ in range(2))
         return nn.Linear(cin, cout), torch.rand(1, cin)
     x = torch.rand(1, c, hw, hw)
     if kind == "pool":

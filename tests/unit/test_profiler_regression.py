@@ -30,6 +30,15 @@ def test_recovers_an_exact_linear_law_per_kind():
     assert [again.predict(x) for x in unseen] == pytest.approx([reg.predict(x) for x in unseen])
 
 
+def test_loglog_recovers_a_power_law():
+    layers = [LayerProfile(f"c{i}", "conv", 1e-4 * (1 + f) ** 0.8, 1, 1, f) for i, f in
+              enumerate([10**3, 10**4, 10**5, 10**6, 10**7, 10**8])]
+    reg = LayerRegression.fit(layers[::2], form="loglog")
+    assert mape(reg, layers[1::2])["all"] < 5.0
+    with pytest.raises(ValueError, match="To fix"):
+        LayerRegression.fit(layers, form="cubic")
+
+
 def test_unknown_kind_uses_the_fallback_and_too_few_layers_is_an_error():
     reg = LayerRegression.fit(_linear_layers("conv", 6, 0))
     odd = LayerProfile("x", "lstm", 1.0, 10, 10, 10)
@@ -41,10 +50,10 @@ def test_unknown_kind_uses_the_fallback_and_too_few_layers_is_an_error():
 def test_measured_layers_beat_a_constant_predictor_on_unseen_layers():
     measured = synthetic_layers(per_kind=10, seed=0, repeats=5, scale=0.5, kinds=("conv", "fc"))
     train, test = measured[::2], measured[1::2]
-    reg = LayerRegression.fit(train)
     constant = sum(x.latency_ms for x in train) / len(train)
     const_mape = 100 * sum(abs(constant - x.latency_ms) / x.latency_ms for x in test) / len(test)
-    assert mape(reg, test)["all"] < const_mape
+    for form in ("linear", "loglog"):
+        assert mape(LayerRegression.fit(train, form=form), test)["all"] < const_mape, form
 
 
 def test_predicted_profile_keeps_structure():
