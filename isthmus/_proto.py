@@ -78,6 +78,7 @@ def _generate(stamp: str) -> None:
     include = Path(importlib.import_module("grpc_tools").__file__).parent / "_proto"
     _OUT.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="._generated-", dir=_OUT.parent))
+    tmp.chmod(0o755)  # mkdtemp makes 0700; other users (a service account) must import the stubs too
     try:
         files = [str(_PROTO_ROOT / "isthmus" / "v1" / n) for n in PROTO_FILES]
         code = protoc.main(["grpc_tools.protoc", f"-I{_PROTO_ROOT}", f"-I{include}",

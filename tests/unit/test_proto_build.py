@@ -37,6 +37,7 @@ def test_fresh_checkout_builds_stubs_under_concurrency_and_rebuilds_on_change(tm
         assert proc.returncode == 0 and out.strip() == "3", err
     generated = root / "isthmus" / "_generated"
     assert (generated / "STAMP").is_file()
+    assert generated.stat().st_mode & 0o755 == 0o755  # a service account can import the stubs
     assert sorted(p.name for p in (generated / "isthmus" / "v1").glob("*_pb2*.py")) == sorted(
         f"{n}_pb2{g}.py" for n in ("control_plane", "inference", "tensor") for g in ("", "_grpc"))
     assert not list(generated.parent.glob("._generated-*"))  # no temporary trees left behind
