@@ -23,6 +23,7 @@ _COMMAND_MODULES = [
     "isthmus.platform.control_plane_commands",
     "isthmus.platform.fleet_commands",
     "isthmus.optimizer.commands",
+    "isthmus.demo",
     "isthmus.partition.commands",
     "isthmus.actors.commands",
     "isthmus.platform.commands",

@@ -175,6 +175,11 @@ class Spec(_Strict):
     def source(self, name: str) -> Source:
         return next(s for s in self.sources if s.name == name)
 
+    def service_rates_rps(self) -> list[float]:
+        """λ_s: each service's request rate, its source's rate_rps."""
+        rate = {s.name: s.rate_rps for s in self.sources}
+        return [rate[s.source] for s in self.services]
+
     def model(self, name: str) -> Model:
         return next(m for m in self.models if m.name == name)
 

@@ -26,7 +26,7 @@ __all__ = ["BASELINES", "baseline_costs"]
 def _assign(t: RouteTable, allowed: np.ndarray, key: np.ndarray) -> float:
     """Greedy single-route assignment by ascending `key` under quotas; returns $/h or inf."""
     spec = t.spec
-    rate = np.array([spec.source(s.source).rate_rps for s in spec.services])
+    rate = np.array(spec.service_rates_rps())
     floor = np.array([s.min_accuracy for s in spec.services])
     slo = np.array([s.slo_ms for s in spec.services])
     ok = allowed & (t.latency_ms <= slo[t.service]) & (t.accuracy >= floor[t.service] - 1e-9)

@@ -37,7 +37,7 @@ def diagnose(spec: Spec, table: RouteTable | None = None) -> list[tuple[str, str
     table = table or build_routes(spec)
     n_s, n_p = len(spec.services), len(table.pools)
     slo = np.array([s.slo_ms for s in spec.services])
-    rate = np.array([spec.source(s.source).rate_rps for s in spec.services])
+    rate = np.array(spec.service_rates_rps())
     floor = np.array([s.min_accuracy for s in spec.services])
     ok = table.latency_ms <= slo[table.service]
     count = np.bincount(table.service[ok], minlength=n_s)
@@ -94,7 +94,8 @@ class GeoPlanner:
     """Builds the problem once; `solve()` plans, `replan(...)` applies telemetry and re-solves (DPP when it can).
 
     A re-plan keeps the compiled problem when every route the new numbers admit was already in the
-    table (routes that left the SLO get ub_r = 0); otherwise it rebuilds. `latency_headroom` keeps
+    table (routes that left the SLO get ub_r = 0) and no rate rose above its value at build time (the
+    open-pool rows hold Λ = λ as constants); otherwise it rebuilds. `latency_headroom` keeps
     routes up to slo·(1 + headroom) in the table so that moderate improvements stay parametric too.
     """
 
@@ -116,7 +117,7 @@ class GeoPlanner:
 
     def _upper(self) -> np.ndarray:
         t = self.table
-        rate = np.array([t.spec.source(s.source).rate_rps for s in t.spec.services])
+        rate = np.array(t.spec.service_rates_rps())
         slo = np.array([s.slo_ms for s in t.spec.services])
         return np.where(t.latency_ms <= slo[t.service], rate[t.service], 0.0)
 
@@ -188,8 +189,9 @@ class GeoPlanner:
         self.spec = apply_telemetry(self.spec, rates_rps, bandwidth_mbps, latency_ms, price_per_hour)
         fresh = build_routes(self.spec, self.headroom)
         old_keys = self.table.keys()
-        if self.problem is not None and len(fresh) and np.isin(fresh.keys(), old_keys).all() \
-                and len(fresh.pv_pool) <= len(self.table.pv_pool):
+        rates_fit = self.problem is not None and np.all(
+            np.array(self.spec.service_rates_rps()) <= self.problem.built_rates_rps + 1e-9)
+        if rates_fit and len(fresh) and np.isin(fresh.keys(), old_keys).all():
             self._refresh(fresh)
             self.last_resolve_kind = "parametric"
         else:
@@ -218,18 +220,18 @@ class GeoPlanner:
 
     def _plan(self, first: Solution | None, sol: Solution, seconds: float) -> Plan:
         t, spec = self.table, self.spec
-        rate = np.array([spec.source(s.source).rate_rps for s in spec.services])
+        rate = np.array(spec.service_rates_rps())
         compute = float(t.pools.price_per_hour[t.pv_pool] @ sol.y) if len(sol.y) else 0.0
         egress = float(t.egress_per_rps @ sol.f) if len(sol.f) else 0.0
-        routes = []
         used = np.flatnonzero(sol.f > 1e-6 * rate[t.service]) if len(sol.f) else np.zeros(0, dtype=int)
+        sources = {x.name: x for x in spec.sources}
+        routes = []
         for r in used:
-            model, version = t.version_names[t.version[r]]
-            source = spec.source(spec.services[t.service[r]].source)
+            service = spec.services[t.service[r]]
             routes.append(PlanRoute(
-                service=spec.services[t.service[r]].name, fraction=float(sol.f[r] / rate[t.service[r]]),
-                data_version=source.data_versions[t.data_version[r]].name, model_version=version,
-                site=t.net.places[t.site[r]],
+                service=service.name, fraction=float(sol.f[r] / rate[t.service[r]]),
+                data_version=sources[service.source].data_versions[t.data_version[r]].name,
+                model_version=t.version_names[t.version[r]][1], site=t.net.places[t.site[r]],
                 instance_type=t.pools.type_name[t.pool[r]] if t.pool[r] >= 0 else t.pools.type_name[t.head_pool[r]],
                 split=None if t.split[r] < 0 else int(t.split[r]), exit=None if t.exit[r] < 0 else int(t.exit[r]),
                 latency_ms=round(float(t.latency_ms[r]), 3), accuracy=round(float(t.accuracy[r]), 5)))
@@ -237,13 +239,12 @@ class GeoPlanner:
                                   instance_type=t.pools.type_name[t.pv_pool[q]],
                                   model_version="/".join(t.version_names[t.pv_version[q]]), count=int(round(sol.y[q])))
                      for q in np.flatnonzero(sol.y > 0.5)]
-        services = []
-        for s, service in enumerate(spec.services):
-            mine = [r for r in used if t.service[r] == s]
-            services.append(PlanService(
-                name=service.name,
-                latency_ms_max=round(float(max((t.latency_ms[r] for r in mine), default=0.0)), 3),
-                accuracy=round(float(sum(sol.f[r] * t.accuracy[r] for r in mine) / rate[s]), 5)))
+        n_s = len(spec.services)
+        latency_max = np.zeros(n_s)
+        np.maximum.at(latency_max, t.service[used], t.latency_ms[used])
+        accuracy = np.bincount(t.service[used], weights=sol.f[used] * t.accuracy[used], minlength=n_s) / rate
+        services = [PlanService(name=service.name, latency_ms_max=round(float(latency_max[s]), 3),
+                                accuracy=round(float(accuracy[s]), 5)) for s, service in enumerate(spec.services)]
         bound = first.bound if first is not None and first.bound is not None else compute + egress
         info = SolverInfo(method=self.chosen, status=sol.status, seconds=round(seconds, 3),
                           build_s=round(self.enumerate_s + (self.problem.build_s if self.problem else 0.0), 3),

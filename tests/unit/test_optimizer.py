@@ -110,13 +110,13 @@ def _check_plan(spec, plan):
         frac[s] += pr.fraction
         acc[s] += pr.fraction * ref["acc"]
         rate = spec.source(spec.services[s].source).rate_rps
-        load_key = (pr.site, pr.instance_type, pr.model_version)
+        load_key = (pr.site, pr.instance_type, f"{spec.services[s].model}/{pr.model_version}")
         load[load_key] = load.get(load_key, 0.0) + rate * pr.fraction / ref["cap"]
         egress += pr.fraction * ref["egress"]
     assert np.allclose(frac, 1.0, atol=1e-6), frac
     for s, svc in enumerate(spec.services):
         assert acc[s] >= svc.min_accuracy - 1e-6, (svc.name, acc[s])
-    count = {(i.site, i.instance_type, i.model_version.split("/")[1]): i.count for i in plan.instances}
+    count = {(i.site, i.instance_type, i.model_version): i.count for i in plan.instances}
     for key, need in load.items():
         assert count.get(key, 0) >= need - 1e-6, (key, need, count.get(key))
     per_pool: dict = {}
@@ -242,8 +242,13 @@ def test_replan_is_parametric_and_follows_rates():
     spec = load_spec(ROOT / "examples" / "geo-3-regions.yaml")
     planner = GeoPlanner(spec, method="milp")
     first = planner.solve()
-    second = planner.replan(rates_rps={"cams-us": 1500.0})
+    lower = planner.replan(rates_rps={"cams-us": 300.0})
     assert planner.last_resolve_kind == "parametric"
+    _check_plan(planner.spec, lower)
+    assert lower.cost_per_hour == pytest.approx(plan_spec(planner.spec, method="milp").cost_per_hour, rel=1e-6)
+    assert lower.cost_per_hour <= first.cost_per_hour
+    second = planner.replan(rates_rps={"cams-us": 1500.0})
+    assert planner.last_resolve_kind == "rebuilt"          # a rate above the built Λ rebuilds
     _check_plan(planner.spec, second)
     assert second.cost_per_hour > first.cost_per_hour
     # a bandwidth collapse removes routes: still parametric (those routes get ub = 0)
