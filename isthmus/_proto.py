@@ -108,11 +108,14 @@ def _ensure_generated() -> None:
     stamp_file = _OUT / "STAMP"
     if stamp_file.is_file() and stamp_file.read_text() == stamp:
         return
-    _OUT.parent.mkdir(parents=True, exist_ok=True)
-    with open(_OUT.parent / "._generated.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (stamp_file.is_file() and stamp_file.read_text() == stamp):
-            _generate(stamp)
+    try:
+        with open(_OUT.parent / "._generated.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (stamp_file.is_file() and stamp_file.read_text() == stamp):
+                _generate(stamp)
+    except PermissionError as err:
+        raise PermissionError(f"cannot build the gRPC stubs in {_OUT} ({err.strerror}). To fix: run "
+                              "`python -m isthmus._proto` once as the user that installed isthmus.") from None
     importlib.invalidate_caches()
 
 
@@ -201,3 +204,9 @@ def _decode_arrow(data: bytes, dtype: np.dtype, shape: list[int], count: int) ->
         raise TensorDecodeError(f"Arrow column of type {column.type} does not match dtype {dtype.name} "
                                 f"({str(err)[:80]}). To fix: send a column of the declared dtype.") from None
     return flat.reshape(shape)
+
+
+if __name__ == "__main__":  # `python -m isthmus._proto`: build the stubs now (e.g. right after install)
+    for _name in ("tensor_pb2", "inference_pb2_grpc", "control_plane_pb2_grpc"):
+        load(_name)
+    print(f"gRPC stubs ready in {_OUT}")
