@@ -23,7 +23,7 @@ def test_split_run_latency_matches_prediction(tmp_path):
     torch.manual_seed(0)
     model = build("alexnet_exits", "full")
     x = example_input("alexnet_exits", "full")
-    rows = predict_vs_measure("alexnet_exits", model, x, CASES, tmp_path, requests=6)
+    rows = predict_vs_measure("alexnet_exits", model, x, CASES, tmp_path, requests=8)
     for row in rows:  # the bytes on the wire are the head's output tensor
         head, _ = split_modules(model, row["split"], row["exit"])
         with torch.no_grad():
