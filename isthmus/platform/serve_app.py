@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from isthmus.spec import Plan, Spec
 
 __all__ = [
-    "INGRESS_APP", "RouteEntry", "RoutingTable", "WeightedRouter", "routing_table", "site_app_name",
+    "INGRESS_APP", "RouteEntry", "RoutingTable", "WeightedRouter", "route_groups", "routing_table", "site_app_name",
     "triton_model_name", "site_resource", "serve_config", "apply_serve_config", "rollout", "ingress_app",
     "site_app", "add_InferenceServicer_to_server", "device_actor_name", "DEVICE_NAMESPACE",
 ]
@@ -137,6 +137,17 @@ def _model_from_instances(plan: Plan, site: str, version: str) -> str:
         raise ValueError(f"cannot tell which model version {version!r} at site {site!r} belongs to (plan instances "
                          f"give {models or 'none'}). To fix: pass the spec (--spec SPEC)")
     return models[0]
+
+
+def route_groups(table: RoutingTable) -> dict[tuple, list[RouteEntry]]:
+    """Routes a request can take, keyed by (service, split, exit): a raw input (split None) may take any
+    unsplit route of its service, an edge activation only the routes with its split and exit."""
+    groups: dict[tuple, list[RouteEntry]] = {}
+    for service, entries in table.services.items():
+        for entry in entries:
+            key = (service, entry.split, entry.exit if entry.split is not None else None)
+            groups.setdefault(key, []).append(entry)
+    return groups
 
 
 class WeightedRouter:
@@ -442,14 +453,15 @@ class _Ingress:
 
         setup_tracing(tracing, "ingress")
         self._table = RoutingTable()
-        self._routers: dict[str, WeightedRouter] = {}
+        self._groups: dict[tuple, tuple[list[RouteEntry], WeightedRouter]] = {}
         self._handles: dict[str, Any] = {}
         self._metrics = _Metrics(INGRESS_APP)
 
     def reconfigure(self, config: dict) -> None:
         """New routing table (Serve calls this in place when `user_config` changes)."""
         table = RoutingTable.model_validate(config)
-        self._routers = {s: WeightedRouter(e.fraction for e in entries) for s, entries in table.services.items()}
+        groups = route_groups(table)
+        self._groups = {key: (entries, WeightedRouter(e.fraction for e in entries)) for key, entries in groups.items()}
         self._table = table
 
     def plan_version(self) -> int:
@@ -469,21 +481,20 @@ class _Ingress:
                      carrier: dict | None) -> dict:
         from isthmus.platform.tracing import extract_context, inject_traceparent
 
-        table, routers = self._table, self._routers
+        table, groups = self._table, self._groups
         if service not in table.services:
             raise _BadRequest(f"unknown service {service!r}. To fix: use one of {sorted(table.services)}")
-        entries = table.services[service]
-        eligible = [i for i, e in enumerate(entries) if e.split == split and (split is None or e.exit == exit)]
-        if not eligible:
-            offered = sorted({(e.split, e.exit) for e in entries}, key=str)
+        key = (service, split, exit if split is not None else None)
+        if key not in groups:
+            offered = sorted({k[1:] for k in groups if k[0] == service}, key=str)
             raise _BadRequest(f"service {service!r} has no route with split={split}, exit={exit}. "
                               f"To fix: send one of (split, exit) {offered} (None = the raw input)")
-        excluded = {i for i in range(len(entries)) if i not in eligible}
-        router = routers[service]
+        entries, router = groups[key]
+        excluded: set[int] = set()
         attempts, errors = 0, []
         start = time.perf_counter()
         with _span("ingress", extract_context(carrier), "SERVER", {"isthmus.service": service}) as span:
-            index = router.pick(excluded) if excluded else router.pick()
+            index = router.pick()
             while True:
                 entry = entries[index]
                 attempts += 1

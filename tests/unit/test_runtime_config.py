@@ -81,6 +81,15 @@ def test_routing_table_and_serve_config_pin_sites_by_resource() -> None:
         dict(a, args=dict(a["args"], triton_url=None)) for a in config["applications"][1:]]
 
 
+def test_route_groups_keep_split_routes_apart() -> None:
+    plan = _plan({"us-east": 0.3, "cam-1": 0.2, "eu-west": 0.5})
+    plan.routes[2].split, plan.routes[2].exit = 3, 1
+    groups = serve_app.route_groups(serve_app.routing_table(plan, parse_spec(SPEC)))
+    assert {k: [e.site for e in v] for k, v in groups.items()} == {
+        ("detect", None, None): ["us-east", "cam-1"], ("detect", 3, 1): ["eu-west"]}
+    assert groups[("detect", 3, 1)][0].triton_model == "mlp_fp32_s3_e1"
+
+
 def test_json_request_parsing_names_the_bad_field() -> None:
     parse = serve_app._parse_json_request
     service, array, split, exit = parse({"service": "detect", "activation": [[1, 2]], "split": 3})
