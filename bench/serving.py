@@ -103,22 +103,24 @@ async def _closed_loop(send: Sender, concurrency: int, window_s: float, warmup_s
 
 
 async def _interleaved(senders: dict[str, Sender], levels: list[int], rounds: int, window_s: float,
-                       warmup_s: float) -> dict[str, list[dict[str, float]]]:
+                       warmup_s: float, sequential: frozenset[str] = frozenset()) -> dict[str, list[dict[str, float]]]:
     """For each level, `rounds` rounds of one window per path (A B C A B C ...), pooled per path.
 
     Interleaving spreads the machine's drifting background load evenly over the paths compared.
     p50/p99 are over the pooled latencies; throughput = pooled requests / (rounds * window_s).
+    Paths in `sequential` (blocking calls, e.g. direct torch) run at concurrency 1 only.
     """
     rows: dict[str, list[dict[str, float]]] = {name: [] for name in senders}
     for c in levels:
-        pooled: dict[str, list[float]] = {name: [] for name in senders}
-        errors = dict.fromkeys(senders, 0)
+        active = [name for name in senders if c == 1 or name not in sequential]
+        pooled: dict[str, list[float]] = {name: [] for name in active}
+        errors = dict.fromkeys(active, 0)
         for _ in range(rounds):
-            for name, send in senders.items():
-                latencies, errs = await _closed_loop(send, c, window_s, warmup_s)
+            for name in active:
+                latencies, errs = await _closed_loop(senders[name], c, window_s, warmup_s)
                 pooled[name] += latencies
                 errors[name] += errs
-        for name in senders:
+        for name in active:
             rows[name].append(_stats(pooled[name], c, errors[name], rounds * window_s))
     return rows
 
@@ -157,8 +159,9 @@ def _http_sender(session: Any, url: str, x: np.ndarray) -> Sender:
     return send
 
 
-async def _measure(triton_url: str, serve_urls: tuple[str, str], x: np.ndarray, args: argparse.Namespace,
-                   levels: list[int], serve_levels: list[int]) -> dict[str, list[dict[str, float]]]:
+async def _measure(module: Any, triton_url: str, serve_urls: tuple[str, str], x: np.ndarray,
+                   args: argparse.Namespace, levels: list[int],
+                   serve_levels: list[int]) -> dict[str, list[dict[str, float]]]:
     import aiohttp
     import tritonclient.grpc.aio as aio
 
@@ -170,34 +173,29 @@ async def _measure(triton_url: str, serve_urls: tuple[str, str], x: np.ndarray, 
             "triton_batching_off": _triton_sender(client, "batch_off", x),
         }, levels, args.rounds, args.window_s, args.warmup_s)
         rows |= await _interleaved({
+            "direct_torch": _torch_sender(module, x),
             "triton_alone": _triton_sender(client, "batch_on", x),
             "serve_triton": _http_sender(session, serve_urls[1], x),
             "serve_torch": _http_sender(session, serve_urls[0], x),
-        }, serve_levels, args.rounds, args.window_s, args.warmup_s)
+        }, sorted({1, *serve_levels}), args.rounds, args.window_s, args.warmup_s, frozenset({"direct_torch"}))
         return rows
     finally:
         await session.close()
         await client.close()
 
 
-def _direct_torch(module: Any, x: np.ndarray, seconds: float) -> dict[str, float]:
-    """Sequential in-process calls on one request at a time (the floor without any server)."""
+def _torch_sender(module: Any, x: np.ndarray) -> Sender:
+    """One in-process forward pass per request, no server: the floor every served path is compared to."""
     import torch
 
     torch.set_num_threads(1)
     tensor = torch.from_numpy(x)
-    latencies_ms = []
-    with torch.inference_mode():
-        for _ in range(20):
+
+    async def send() -> None:
+        with torch.inference_mode():
             module(tensor)
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            begin = time.perf_counter()
-            module(tensor)
-            latencies_ms.append((time.perf_counter() - begin) * 1000.0)
-    arr = np.asarray(latencies_ms)
-    return {"concurrency": 1, "requests": len(arr), "errors": 0, "p50_ms": float(np.percentile(arr, 50)),
-            "p99_ms": float(np.percentile(arr, 99)), "throughput_rps": len(arr) / float(arr.sum() / 1000.0)}
+
+    return send
 
 
 # ------------------------------------------------------------------------------------------
@@ -373,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         TritonModel(name="batch_on", max_queue_delay_us=args.max_queue_delay_us, **common),
         TritonModel(name="batch_off", dynamic_batching=False, **common),
     ])
-    paths: dict[str, list[dict[str, float]]] = {"direct_torch": [_direct_torch(module, x, args.window_s)]}
+    paths: dict[str, list[dict[str, float]]] = {}
     server = TritonServer(repo, log_dir=workdir / "logs")
     ray_started = False
     try:
@@ -386,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         ray_started = True
         serve_urls = _serve_apps(path, shape, dtype, server.grpc_url, "batch_on", free_port(),
                                  quiet_logs=not args.serve_defaults)
-        paths |= asyncio.run(_measure(server.grpc_url, serve_urls, x, args, levels, serve_levels))
+        paths |= asyncio.run(_measure(module, server.grpc_url, serve_urls, x, args, levels, serve_levels))
         serve.shutdown()
     finally:
         if ray_started:

@@ -28,6 +28,7 @@ from isthmus.platform.triton import INPUT_NAME, OUTPUT_NAME, TritonModel, Triton
 
 __all__ = ["DeviceActor"]
 
+
 def _percentile_ms(samples: collections.deque[float], q: float) -> float:
     return float(np.percentile(np.fromiter(samples, float), q)) if samples else 0.0
 
@@ -75,6 +76,31 @@ class _DeviceActor:
             self._thread = threading.Thread(target=self._health_loop, name="triton-health", daemon=True)
             self._thread.start()
         return self._server.grpc_url
+
+    def load_models(self, models: list[TritonModel]) -> list[str]:
+        """Serve exactly `models` from now on without restarting Triton; returns the names served.
+
+        New and changed models are written and (re)loaded while the rest keep serving (Triton keeps
+        the old version of a reloaded model until the new one is ready); models not listed are
+        unloaded and removed from the repository, so a later restart serves the same set.
+        """
+        import shutil
+
+        models = [m if isinstance(m, TritonModel) else TritonModel.model_validate(m) for m in models]
+        if not models:
+            raise ValueError(f"DeviceActor {self.site}/{self.device}: load_models got no models. "
+                             "To fix: pass at least one TritonModel (call stop() to stop serving).")
+        old = {m.name: m for m in self.models}
+        changed = [m for m in models if old.get(m.name) != m]
+        with self._restart_lock:
+            write_model_repository(self._repo, changed)
+            for model in changed:
+                self._server.load_model(model.name, self._start_timeout_s)
+            for name in sorted(set(old) - {m.name for m in models}):
+                self._server.unload_model(name)
+                shutil.rmtree(self._repo / name, ignore_errors=True)
+            self.models = models
+        return [m.name for m in models]
 
     def stop(self) -> None:
         """Stop the health loop and the Triton server."""

@@ -367,6 +367,8 @@ class TritonServer:
             "--allow-cpu-metrics=false",
             "--metrics-config=summary_latencies=true",
             "--metrics-interval-ms=1000",
+            "--model-control-mode=explicit",  # load_model/unload_model swap models while serving
+            "--load-model=*",
             "--exit-on-error=true",
             "--strict-readiness=true",
             "--log-verbose=0",
@@ -473,6 +475,32 @@ class TritonServer:
             self.stop()
             self.start(timeout_s)
             self.restarts += 1
+
+    def load_model(self, name: str, timeout_s: float = 120.0) -> None:
+        """(Re)load model `name` from the repository while the others keep serving.
+
+        Triton keeps serving the old version of a reloaded model until the new one is ready.
+        """
+        import tritonclient.grpc as grpcclient
+
+        client = grpcclient.InferenceServerClient(self.grpc_url)
+        try:
+            client.load_model(name, client_timeout=timeout_s)
+        except Exception as exc:  # noqa: BLE001 - InferenceServerException; re-raised with the log
+            raise TritonError(f"loading model {name!r} failed: {exc}\n{self.log_tail()}\n"
+                              "To fix: check the model's files in the repository and the log above.") from None
+        finally:
+            client.close()
+
+    def unload_model(self, name: str) -> None:
+        """Unload model `name` (requests in flight finish first)."""
+        import tritonclient.grpc as grpcclient
+
+        client = grpcclient.InferenceServerClient(self.grpc_url)
+        try:
+            client.unload_model(name)
+        finally:
+            client.close()
 
     def model_metrics(self, timeout_s: float = 2.0) -> dict[str, dict[str, float]]:
         """Per-model figures from Triton's Prometheus endpoint (summary quantiles over its recent window).
