@@ -41,7 +41,7 @@ def main() -> None:
     from isthmus.placement.place import compare_policies
     from isthmus.placement.simulator import simulate
 
-    console = Console()
+    console = Console(width=170)
     t_start = time.perf_counter()
     rows, checks = [], []
     for model in MODELS:
@@ -101,9 +101,9 @@ def main() -> None:
                     "cpu_within_15pct": None},
     }
     summary["targets"] = {
-        "learned_le_best_heuristic_on_average": summary["mean_learned_over_best_heuristic"] <= 1.0 + 1e-9,
-        "speedup_ge_1_3_parallel": (summary["min_speedup_vs_single_parallel_models"] or 0) >= 1.3,
-        "cpu_within_15pct": summary["max_cpu_latency_error"] <= 0.15,
+        "learned_le_best_heuristic_on_average": bool(summary["mean_learned_over_best_heuristic"] <= 1.0 + 1e-9),
+        "speedup_ge_1_3_parallel": bool((summary["min_speedup_vs_single_parallel_models"] or 0) >= 1.3),
+        "cpu_within_15pct": bool(summary["max_cpu_latency_error"] <= 0.15),
     }
     console.print(json.dumps(summary, indent=2))
     RESULTS.mkdir(parents=True, exist_ok=True)
