@@ -1,13 +1,20 @@
 """Learned placement: a graph policy trained with REINFORCE against the simulator (Mirhoseini et al. / AutoDeep).
 
-Policy: op features x_i (log work, FLOPs, bytes, rank, depth, degree) → h⁰_i = MLP(x_i); K rounds of
-message passing h^{k+1}_i = relu(A h^k_i + B·mean_{p ∈ pred(i)} h^k_p + C·mean_{s ∈ succ(i)} h^k_s);
-per-op device logits z_i = W h^K_i, placement ~ Π_i softmax(z_i) (factorised, as in Placeto's per-op head).
+Policy: op features x_i (log work, FLOPs, bytes, rank, depth, degree; in "moves" mode also the op's
+current device) → h⁰_i = MLP(x_i); K rounds of message passing
+h^{k+1}_i = relu(A h^k_i + B·mean_{p ∈ pred(i)} h^k_p + C·mean_{s ∈ succ(i)} h^k_s); per-op device
+logits z_i = W h^K_i.
 
-Training: optionally imitate a heuristic placement first (cross-entropy, "start from the best heuristic");
-then REINFORCE on reward R = -makespan / makespan_ref with an exponential-moving-average baseline b:
-∇J ≈ mean_batch[(R - b) · ∇ log π(placement)] + β ∇H(π). Memory-infeasible samples get R = -3.
-The result is the best placement seen (the seed included), so it never loses to its seed.
+- mode "moves" (Placeto's MDP, the default): state = current placement, action = move a unit u (one op
+  or a chain of ops) to device d with π(u, d) ∝ exp(mean_{i ∈ u} z_{i,d}); a step samples `batch`
+  distinct actions, reward R = (makespan_now - makespan_after) / makespan_ref, baseline = the batch
+  mean; the state moves to the best sampled action when it improves. Starting from a heuristic's
+  placement is "starting from the best heuristic".
+- mode "full" (Mirhoseini et al.): placement ~ Π_i softmax(z_i), R = -makespan / makespan_ref,
+  baseline = an exponential moving average of R; memory-infeasible samples get R = -3.
+
+Both: ∇J ≈ mean_batch[(R - b) · ∇ log π] + β ∇H(π), Adam. The result is the best placement seen
+(the start included), so it never loses to its start.
 """
 
 from __future__ import annotations
