@@ -270,8 +270,9 @@ def _print_table(results: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title=f"serving bench: {results['model']} ({results['cpu_note']})")
-    for col in ("path", "concurrency", "p50 ms", "p99 ms", "throughput rps", "errors"):
-        table.add_column(col, justify="right" if col != "path" else "left")
+    table.add_column("path", no_wrap=True, min_width=19)
+    for col in ("concurrency", "p50 ms", "p99 ms", "throughput rps", "errors"):
+        table.add_column(col, justify="right")
     for path, rows in results["paths"].items():
         for r in rows:
             table.add_row(path, str(r["concurrency"]), f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
