@@ -127,37 +127,53 @@ def rank_for_energy(singular_values: Any, energy: float) -> int:
     return int(min(len(power), int((cum < energy - 1e-12).sum()) + 1))
 
 
-def _linear_lr(layer: Any, rank: int) -> Any:
+def _top_svd(a: Any, rank: int) -> tuple[Any, Any, Any]:
+    """Top-`rank` SVD (u, s, vh) of a matrix: randomized (Halko et al.) for large matrices and small
+    ranks, exact otherwise."""
     import torch
+
+    if min(a.shape) > 256 and rank < min(a.shape) // 2:
+        torch.manual_seed(0)
+        u, s, v = torch.svd_lowrank(a, q=min(min(a.shape), rank + 10), niter=2)
+        return u[:, :rank], s[:rank], v[:, :rank].t()
+    u, s, vh = torch.linalg.svd(a, full_matrices=False)
+    return u[:, :rank], s[:rank], vh[:rank]
+
+
+def _svd_factors(a: Any, rank: int) -> tuple[Any, Any]:
+    """(L, R) with a ≈ L @ R, L = U_r S_r^½ (m×r), R = S_r^½ V_rᵀ (r×n), in float32."""
+    u, s, vh = _top_svd(a, rank)
+    root = s.sqrt()
+    return (u * root).float(), (root[:, None] * vh).float()
+
+
+def _two_stage(first: Any, second: Any, layer: Any, left: Any, right: Any) -> Any:
+    """nn.Sequential(first, second) with weights R (first) and L (second) and the layer's bias."""
     from torch import nn
 
-    u, s, vh = torch.linalg.svd(layer.weight.detach().double(), full_matrices=False)
-    root = s[:rank].sqrt()
-    first = nn.Linear(layer.in_features, rank, bias=False)
-    second = nn.Linear(rank, layer.out_features, bias=layer.bias is not None)
-    first.weight.data = (root[:, None] * vh[:rank]).float()
-    second.weight.data = (u[:, :rank] * root).float()
+    first.weight.data = right.reshape(first.weight.shape)
+    second.weight.data = left.reshape(second.weight.shape)
     if layer.bias is not None:
         second.bias.data = layer.bias.detach().clone()
     return nn.Sequential(first, second)
+
+
+def _linear_lr(layer: Any, rank: int) -> Any:
+    from torch import nn
+
+    left, right = _svd_factors(layer.weight.detach().double(), rank)
+    return _two_stage(nn.Linear(layer.in_features, rank, bias=False),
+                      nn.Linear(rank, layer.out_features, bias=layer.bias is not None), layer, left, right)
 
 
 def _conv_svd(layer: Any, rank: int) -> Any:
-    import torch
     from torch import nn
 
     w = layer.weight.detach().double()
-    cout = w.shape[0]
-    u, s, vh = torch.linalg.svd(w.reshape(cout, -1), full_matrices=False)
-    root = s[:rank].sqrt()
+    left, right = _svd_factors(w.reshape(w.shape[0], -1), rank)
     first = nn.Conv2d(layer.in_channels, rank, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
                       bias=False)
-    second = nn.Conv2d(rank, cout, 1, bias=layer.bias is not None)
-    first.weight.data = (root[:, None] * vh[:rank]).reshape(rank, *w.shape[1:]).float()
-    second.weight.data = (u[:, :rank] * root).reshape(cout, rank, 1, 1).float()
-    if layer.bias is not None:
-        second.bias.data = layer.bias.detach().clone()
-    return nn.Sequential(first, second)
+    return _two_stage(first, nn.Conv2d(rank, w.shape[0], 1, bias=layer.bias is not None), layer, left, right)
 
 
 def _conv_tucker2(layer: Any, r_out: int, r_in: int) -> Any:
@@ -166,8 +182,8 @@ def _conv_tucker2(layer: Any, r_out: int, r_in: int) -> Any:
 
     w = layer.weight.detach().double()
     cout, cin = w.shape[:2]
-    u_out = torch.linalg.svd(w.reshape(cout, -1), full_matrices=False)[0][:, :r_out]
-    u_in = torch.linalg.svd(w.transpose(0, 1).reshape(cin, -1), full_matrices=False)[0][:, :r_in]
+    u_out = _top_svd(w.reshape(cout, -1), r_out)[0]
+    u_in = _top_svd(w.transpose(0, 1).reshape(cin, -1), r_in)[0]
     core = torch.einsum("oikl,or,is->rskl", w, u_out, u_in)
     first = nn.Conv2d(cin, r_in, 1, bias=False)
     middle = nn.Conv2d(r_in, r_out, layer.kernel_size, layer.stride, layer.padding, layer.dilation, bias=False)

@@ -135,16 +135,17 @@ def _params_and_bytes(model: Any) -> tuple[int, int]:
     return sum(p.numel() for p in model.parameters()), nbytes
 
 
-def version_table(name: str, repeats: int = 10, refresh: bool = False) -> list[dict[str, Any]]:
-    """Per version: accuracy (digits), accuracy drop vs fp32, full-size CPU latency (median of
-    `repeats`), its ratio to fp32, and the small model's parameter bytes. Cached per thread count."""
+def version_table(name: str, repeats: int = 10, refresh: bool = False, latency_size: str = "full"
+                  ) -> list[dict[str, Any]]:
+    """Per version: accuracy (digits), accuracy drop vs fp32, CPU latency at `latency_size` (median
+    of `repeats`), its ratio to fp32, and the small model's parameter bytes. Cached per thread count."""
     import torch
 
     from isthmus.models.runtime import cache_dir, default_threads, median_ms, torch_threads
     from isthmus.models.train import accuracy, train_small
 
     threads = default_threads()
-    path = cache_dir("versions") / f"{name}-table-t{threads}-f{_FORMAT}.json"
+    path = cache_dir("versions") / f"{name}-table-{latency_size}-t{threads}-f{_FORMAT}.json"
     if path.exists() and not refresh:
         return json.loads(path.read_text())
     exit_acc = train_small(name)[1]["exit_accuracy"]
@@ -152,7 +153,7 @@ def version_table(name: str, repeats: int = 10, refresh: bool = False) -> list[d
     for version in version_names(name):
         small = small_version(name, version)
         acc = exit_acc[version.removeprefix("exit")] if version.startswith("exit") else accuracy(small, name)
-        model, x = build_version(name, version, "full")
+        model, x = build_version(name, version, latency_size)
         with torch_threads(threads), torch.inference_mode():
             latency = median_ms(lambda: model(x), repeats, warmup=1)
         rows.append({"name": version, "accuracy": round(acc, 4), "latency_ms": {"cpu": round(latency, 3)},
@@ -165,8 +166,9 @@ def version_table(name: str, repeats: int = 10, refresh: bool = False) -> list[d
     return rows
 
 
-def make_versions(name: str, repeats: int = 10) -> list[dict[str, Any]]:
+def make_versions(name: str, repeats: int = 10, latency_size: str = "full") -> list[dict[str, Any]]:
     """Spec v1 `models[].versions[]` entries from measurements:
-    `[{"name", "accuracy", "latency_ms": {"cpu": ms}}, ...]` (accuracy on digits, latency full size)."""
+    `[{"name", "accuracy", "latency_ms": {"cpu": ms}}, ...]` (accuracy on digits, latency at
+    `latency_size`, default the full-size model)."""
     return [{"name": r["name"], "accuracy": r["accuracy"], "latency_ms": dict(r["latency_ms"])}
-            for r in version_table(name, repeats)]
+            for r in version_table(name, repeats, latency_size=latency_size)]

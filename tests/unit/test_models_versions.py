@@ -29,14 +29,14 @@ def test_version_names():
 
 
 def test_make_versions_gives_spec_v1_entries_from_measurements():
-    entries = make_versions("rnnlm", repeats=1)
+    entries = make_versions("rnnlm", repeats=1, latency_size="small")
     assert [e["name"] for e in entries] == ["fp32", "int8", "lowrank", "distilled"]
     for e in entries:
         assert set(e) == {"name", "accuracy", "latency_ms"} and set(e["latency_ms"]) == {"cpu"}
         ModelVersion(**e)  # fills a spec directly
     accuracies = [e["accuracy"] for e in entries]
     assert max(accuracies) > 0.2  # trained (10 classes: chance is 0.1), not hard-coded
-    assert make_versions("rnnlm", repeats=1) == entries  # cached
+    assert make_versions("rnnlm", repeats=1, latency_size="small") == entries  # cached
 
 
 def test_exit_version_is_the_chain_up_to_its_exit():
