@@ -387,7 +387,12 @@ def from_zoo(name: str, size: str = "full", repeats: int = 5, cache: bool = True
         raise ValueError(f"model: unknown zoo model {name!r}. To fix: use one of {list(ZOO_NAMES)}")
     if size not in ("full", "small"):
         raise ValueError(f"size: {size!r}. To fix: use 'full' or 'small'")
-    path = _cache_dir() / f"{name}-{size}-t{threads}.json"
+    import hashlib
+
+    import isthmus.models.zoo as zoo
+
+    code = hashlib.sha256(Path(zoo.__file__).read_bytes()).hexdigest()[:10]  # a changed zoo is re-measured
+    path = _cache_dir() / f"{name}-{size}-t{threads}-{code}.json"
     if cache and path.exists():
         graph = OpGraph.from_json(path.read_text())
     else:
