@@ -15,7 +15,8 @@ __all__ = ["GeoPlanner", "InfeasibleSpec", "plan_spec", "diagnose", "MILP_MAX_RO
 
 Method = Literal["auto", "milp", "lp-round"]
 MILP_MAX_ROUTES = 20_000       # `auto` solves the exact MILP up to this many routes, LP + rounding above
-RESTRICTED_K = 8               # lp-round: the restricted MILP keeps the LP support + this many routes per service
+RESTRICTED_K = 8               # lp-round: the restricted MILP keeps the LP support + ~5k routes per service,
+RESTRICTED_ROUTES = 40_000     # with k lowered (to 2 at least) so that about this many routes enter it
 
 
 class InfeasibleSpec(SpecError):
@@ -145,7 +146,8 @@ class GeoPlanner:
             remaining = self.time_limit_s - (time.perf_counter() - t0)
             if remaining < 1.0:
                 break
-            sub = restricted_milp(self.table, lp, remaining, k=RESTRICTED_K, guide=guide)
+            k = int(np.clip(RESTRICTED_ROUTES // (5 * max(len(self.spec.services), 1)), 2, RESTRICTED_K))
+            sub = restricted_milp(self.table, lp, remaining, k=k, guide=guide)
             if sub.status not in ("optimal", "user_limit"):
                 break
             guide = Solution(sub.f, sub.y, "restricted_milp", sub.seconds, lp.bound)
