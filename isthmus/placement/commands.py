@@ -1,4 +1,5 @@
-"""CLI: `isthmus place MODEL --devices 4xv100` (op placement) and `isthmus configure SPEC --model M` (config search)."""
+"""CLI: `isthmus place MODEL --devices 4xv100` (op placement), `isthmus configure SPEC --model M` (config search),
+`isthmus fill-latencies SPEC` (a spec's missing fp32 latencies from placements)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ __all__ = ["register"]
 def register(app: typer.Typer) -> None:
     app.command("place")(place)
     app.command("configure")(configure)
+    app.command("fill-latencies")(fill_latencies)
 
 
 def _fail(message: str) -> None:
@@ -137,3 +139,33 @@ def configure(
         b = result.best
         Console().print(f"best: {b.region} {b.instance_type} x{b.count}: ${b.cost:.5f}, {b.latency_ms:.3f} ms "
                         f"after {result.probes} probes")
+
+
+def fill_latencies(
+    spec: str = typer.Argument(..., help="Spec YAML whose zoo models lack latency_ms for some device kinds."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="Write the filled spec here (default: "
+                                         "print it)."),
+    size: str = typer.Option("full", "--size", help="Model size: full or small."),
+) -> None:
+    """Fill latency_ms / capacity_rps of every zoo model's fp32 version for the spec's device kinds it lacks,
+    from the best placement over one instance's devices (simulated makespan and pipeline period)."""
+    import yaml
+
+    from isthmus.placement.place import fill_spec
+    from isthmus.spec import SpecError, load_spec
+
+    try:
+        loaded = load_spec(spec)
+    except SpecError as err:
+        _fail(str(err))
+    graphs = {m.zoo: _graph(m.zoo, size) for m in loaded.models if m.zoo}
+    if not graphs:
+        _fail(f"{spec} has no model with `zoo` set, so there is nothing to place. To fix: set `zoo:` on a model")
+    text = yaml.safe_dump(fill_spec(loaded, graphs).model_dump(exclude_none=True), sort_keys=False)
+    if output is None:
+        typer.echo(text)
+        return
+    from pathlib import Path
+
+    Path(output).write_text(text)
+    typer.echo(f"wrote {output}")

@@ -102,6 +102,6 @@ def fill_spec(spec: Spec, graphs: dict[str, OpGraph]) -> Spec:
                 except ValueError:
                     continue  # does not fit this kind: no entry, so no route there
                 result = simulate(graph, devices, placement)
-                version.latency_ms[kind_name] = round(result.makespan_ms, 4)
-                version.capacity_rps.setdefault(kind_name, round(1000.0 / result.period_ms, 3))
+                version.latency_ms[kind_name] = round(float(result.makespan_ms), 4)
+                version.capacity_rps.setdefault(kind_name, round(float(1000.0 / result.period_ms), 3))
     return out

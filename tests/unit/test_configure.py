@@ -118,3 +118,18 @@ def test_configure_cli_json_and_bad_input(tmp_path, _cache):
                  "--model", "resnet"], ["configure", str(path), "--model", "resnet", "--method", "x"]):
         bad = runner.invoke(app, args)
         assert bad.exit_code == 2 and "To fix" in bad.output, args
+
+
+def test_fill_latencies_cli_writes_a_valid_spec(tmp_path, _cache):
+    from isthmus.cli import app
+    from isthmus.spec import load_spec
+
+    spec = random_spec(3, "rnnlm").model_dump(exclude_none=True)
+    path, out = tmp_path / "spec.yaml", tmp_path / "filled.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    result = CliRunner().invoke(app, ["fill-latencies", str(path), "--size", "small", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    version = load_spec(out).model("rnnlm").versions[0]
+    assert set(version.latency_ms) == {it["device"] for r in spec["regions"] for it in r["instance_types"]}
+    bad = CliRunner().invoke(app, ["fill-latencies", str(tmp_path / "missing.yaml")])
+    assert bad.exit_code == 2 and "To fix" in bad.output
