@@ -461,7 +461,11 @@ class _Ingress:
         """New routing table (Serve calls this in place when `user_config` changes)."""
         table = RoutingTable.model_validate(config)
         groups = route_groups(table)
-        self._groups = {key: (entries, WeightedRouter(e.fraction for e in entries)) for key, entries in groups.items()}
+        fresh = {key: (entries, WeightedRouter(e.fraction for e in entries)) for key, entries in groups.items()}
+        # (service, split, exit) groups only the previous plan had keep serving: edge agents switch their split
+        # after the ingress does, and their in-between requests must still find a route
+        stale = {key: group for key, group in self._groups.items() if key[0] in table.services and key not in fresh}
+        self._groups = {**stale, **fresh}
         self._table = table
 
     def plan_version(self) -> int:
@@ -552,7 +556,8 @@ class _Ingress:
             message = pb.InferRequest.FromString(request)
             array = _proto.decode_tensor(message.tensor)
             split = message.split or None
-            reply = await self._route(message.model, array, split, message.exit if split else None, carrier)
+            exit = message.exit if split and message.exit >= 0 else None  # -1 on the wire = the final exit
+            reply = await self._route(message.model, array, split, exit, carrier)
         except (_BadRequest, _proto.TensorDecodeError, _proto_decode_error()) as err:
             return _grpc_error(grpc_context, "INVALID_ARGUMENT", str(err), pb.InferReply())
         except RuntimeError as err:
