@@ -33,6 +33,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("alexnet_exits", "vgg", "resnet", "inception")
 DEVICE, SERVER = "rpi3", "desktop"
 RTT_MS = 5.0
+_PLOT_SLO_MS = 300.0  # Edgent's curve in the plots
 _TARGET_CHAIN_DECISION_MS = 1.0
 _TARGET_DAG200_DECISION_MS = 20.0
 
@@ -92,7 +93,8 @@ def _random_dag(n: int, seed: int) -> Any:
     rng = random.Random(seed)
     nodes = [{"name": f"n{i}", "device_ms": rng.uniform(1, 60), "server_ms": rng.uniform(0.05, 3),
               "out_bytes": rng.randint(1_000, 1_500_000)} for i in range(n)]
-    edges = [[f"n{i}", f"n{j}"] for j in range(1, n) for i in range(max(0, j - 4), j) if rng.random() < 0.45 or i == j - 1]
+    edges = [[f"n{i}", f"n{j}"] for j in range(1, n) for i in range(max(0, j - 4), j)
+             if rng.random() < 0.45 or i == j - 1]
     return parse_graph({"input_bytes": 150_000, "nodes": nodes, "edges": edges})
 
 
@@ -115,6 +117,8 @@ def _model_results(name: str, bandwidths: list[float], slos: list[float], repeat
         row = {"bandwidth_mbps": bw}
         for strategy in part.strategies(None):
             row[strategy] = part.decide(strategy, bw, RTT_MS).latency_ms
+        if part.has_exits:
+            row[f"edgent_slo{_PLOT_SLO_MS:g}"] = part.decide("edgent", bw, RTT_MS, _PLOT_SLO_MS).latency_ms
         if part.chain:
             best, secs = _brute_chain_ms(part.table, bw)
         else:
@@ -213,10 +217,12 @@ def _plot(name: str, result: dict[str, Any]) -> Path:
     rows = result["rows"]
     bws = [r["bandwidth_mbps"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
+    edgent = f"edgent_slo{_PLOT_SLO_MS:g}"
     for strategy, style in (("device_only", "k--"), ("cloud_only", "b:"), ("neurosurgeon", "g-o"),
-                            ("dads", "r-s")):
+                            ("dads", "r-s"), (edgent, "m-^")):
         if strategy in rows[0]:
-            ax.plot(bws, [r[strategy] for r in rows], style, label=strategy, markersize=4)
+            label = f"edgent (SLO {_PLOT_SLO_MS:g} ms)" if strategy == edgent else strategy
+            ax.plot(bws, [r[strategy] for r in rows], style, label=label, markersize=4)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("bandwidth (Mbps)")
@@ -279,8 +285,8 @@ def main() -> None:
                     "neurosurgeon_reported_mean_speedup": 3.1}}
     edgent = results["models"]["alexnet_exits"].get("edgent")
     if edgent:
-        et = Table(title=f"Edgent on alexnet_exits over SLOs {slos[0]:g}-{slos[-1]:g} ms x {len(bandwidths)} bandwidths "
-                         "(missed deadline = accuracy 0)")
+        et = Table(title=f"Edgent on alexnet_exits over SLOs {slos[0]:g}-{slos[-1]:g} ms x {len(bandwidths)} "
+                         "bandwidths (missed deadline = accuracy 0)")
         for col in ("strategy", "deadline-hit rate", "mean accuracy", "hit-rate ratio (Edgent / this)"):
             et.add_column(col, justify="left" if col == "strategy" else "right")
         for s in ("edgent", "neurosurgeon", "device_only"):

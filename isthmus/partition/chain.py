@@ -13,7 +13,8 @@ For a fixed path every sending split is a line in x = 8/(1000·bw) (ms per byte)
 a_k + rtt + bytes_k·x. The table keeps the lower envelope of these lines, so the best split
 for any bandwidth is a binary search (O(log n)), compared with the device-only split.
 Edgent: among exits by accuracy (highest first; unknown accuracy: deeper first) take the first
-whose best split meets the SLO (ties in accuracy go to the faster); if none does, the fastest exit and split, flagged `met_slo=False`.
+whose best split meets the SLO (ties in accuracy go to the faster); if none does, the fastest
+exit and split, flagged `met_slo=False`.
 Neurosurgeon: the final exit's fastest split.
 """
 

@@ -33,6 +33,7 @@ def partition(
     spec: Optional[str] = typer.Option(None, "--spec", help="Spec YAML to take devices and the link from."),
     site: Optional[str] = typer.Option(None, "--site", help="With --spec: the region (or edge site) to offload to."),
     version: str = typer.Option("fp32", "--version", help="Model version to profile."),
+    size: str = typer.Option("full", "--size", help="Zoo size: full (realistic latency) or small (digits)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Where to split a model between an edge device and a site, and which early exit to take.
@@ -49,7 +50,7 @@ def partition(
     if graph is not None:
         _graph_command(graph, bandwidth_mbps, rtt_ms or 0.0, as_json)
     else:
-        _model_command(model, version, device, site_device, spec, site, bandwidth_mbps, rtt_ms, slo_ms, as_json)
+        _model_command(model, version, size, device, site_device, spec, site, bandwidth_mbps, rtt_ms, slo_ms, as_json)
 
 
 def _check_link(bandwidth_mbps: float | None, rtt_ms: float) -> float:
@@ -139,13 +140,15 @@ def _resolve_devices(device: str | None, site_device: str | None, spec_path: str
             "rtt_ms": rtt_ms if rtt_ms is not None else (link.rtt_ms if link else 0.0)}
 
 
-def _model_command(model: str, version: str, device: str | None, site_device: str | None, spec: str | None,
-                   site: str | None, bandwidth_mbps: float | None, rtt_ms: float | None, slo_ms: float | None,
-                   as_json: bool) -> None:
+def _model_command(model: str, version: str, size: str, device: str | None, site_device: str | None,
+                   spec: str | None, site: str | None, bandwidth_mbps: float | None, rtt_ms: float | None,
+                   slo_ms: float | None, as_json: bool) -> None:
     from isthmus.models import ZOO_NAMES
 
     if model not in ZOO_NAMES:
         _fail(f"unknown zoo model {model!r}. To fix: use one of {list(ZOO_NAMES)}, or --graph for your own graph")
+    if size not in ("full", "small"):
+        _fail(f"--size {size!r} is not 'full' or 'small'. To fix: pass --size full (realistic latency) or small")
     if slo_ms is not None and not slo_ms > 0:
         _fail(f"--slo-ms is {slo_ms}, must be > 0. To fix: give the latency SLO in ms")
     where = _resolve_devices(device, site_device, spec, site, bandwidth_mbps, rtt_ms)
@@ -154,12 +157,13 @@ def _model_command(model: str, version: str, device: str | None, site_device: st
     from isthmus.profiler import profile_model
 
     try:
-        local = profile_model(model, version=version, progress=not as_json)
+        local = profile_model(model, version=version, size=size, progress=not as_json)
     except ValueError as err:
         _fail(str(err))
     report = compare_strategies(local, where["edge"], where["server"], bw, where["rtt_ms"], slo_ms)
-    report = {"model": model, "version": version, "device": where["device"], "site_device": where["site_device"],
-              "bandwidth_mbps": bw, "rtt_ms": where["rtt_ms"], "slo_ms": slo_ms} | report
+    report = {"model": model, "version": version, "size": size, "device": where["device"],
+              "site_device": where["site_device"], "bandwidth_mbps": bw, "rtt_ms": where["rtt_ms"],
+              "slo_ms": slo_ms} | report
     if as_json:
         print(json.dumps(report, indent=1))
         return

@@ -39,7 +39,8 @@ def _pack(tensors: list[Any]) -> tuple[bytes, list[bytes]]:
 
 
 def send_tensors(sock: socket.socket, tensors: list[Any], bandwidth_mbps: float | None = None) -> int:
-    """Send tensors (header + raw bytes); payload shaped by a token bucket if `bandwidth_mbps`. Returns payload bytes."""
+    """Send tensors (header + raw bytes), the payload shaped by a token bucket if `bandwidth_mbps`;
+    returns the payload bytes."""
     header, payload = _pack(tensors)
     sock.sendall(header)
     data = b"".join(payload)

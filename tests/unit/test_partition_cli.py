@@ -32,8 +32,8 @@ def _run(args, cache):
 
 
 def test_zoo_chain_model_with_default_devices(cache):
-    out = _run(["rnnlm", "--device", "rpi3", "--site-device", "t4", "--bandwidth-mbps", "10", "--slo-ms", "2000",
-                "--rtt-ms", "20", "--json"], cache)
+    out = _run(["rnnlm", "--size", "full", "--device", "rpi3", "--site-device", "t4", "--bandwidth-mbps", "10",
+                "--slo-ms", "2000", "--rtt-ms", "20", "--json"], cache)
     assert out.exit_code == 0, out.output
     report = json.loads(out.output)
     assert report["chosen"] == "edgent" and set(report["strategies"]) == {"device_only", "cloud_only",
@@ -47,7 +47,8 @@ def test_zoo_chain_model_with_default_devices(cache):
 def test_zoo_model_link_from_spec(cache, tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(_SPEC)
-    out = _run(["rnnlm", "--spec", str(spec), "--device", "cam-1", "--site", "us-east", "--json"], cache)
+    out = _run(["rnnlm", "--size", "full", "--spec", str(spec), "--device", "cam-1", "--site", "us-east", "--json"],
+               cache)
     assert out.exit_code == 0, out.output
     report = json.loads(out.output)
     assert (report["device"], report["site_device"], report["bandwidth_mbps"], report["rtt_ms"]) == (
@@ -62,6 +63,7 @@ def test_zoo_model_link_from_spec(cache, tmp_path):
     (["rnnlm", "--device", "rpi3", "--site-device", "t4"], "--bandwidth-mbps is required"),
     (["rnnlm", "--device", "rpi3", "--site-device", "t4", "--bandwidth-mbps", "1", "--slo-ms", "-5"], "--slo-ms is -5"),
     (["--bandwidth-mbps", "1"], "give either MODEL or --graph"),
+    (["rnnlm", "--size", "huge", "--device", "rpi3", "--site-device", "t4", "--bandwidth-mbps", "1"], "--size 'huge'"),
 ])
 def test_bad_input_exits_2_with_a_fix(cache, args, words):
     out = _run(args, cache)

@@ -51,7 +51,7 @@ def _dags(draw):
     return parse_graph({"input_bytes": draw(st.integers(0, 1_000_000)), "nodes": nodes, "edges": edges})
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(graph=_dags(), bandwidth_mbps=st.sampled_from([0.1, 1.0, 8.0, 100.0]),
        rtt_ms=st.sampled_from([0.0, 20.0]))
 def test_min_cut_equals_exhaustive(graph, bandwidth_mbps, rtt_ms):
