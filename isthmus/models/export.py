@@ -30,8 +30,9 @@ def to_torchscript(module: Any, example: Any, path: str | Path) -> Path:
 
 
 def export_version(name: str, version: str, size: str, out_dir: str | Path) -> Path:
-    """Write `<out_dir>/<name>_<version>_<size>.pt` (TorchScript) for a zoo model version."""
+    """Write `<out_dir>/<name>_<version>_<size>.pt` (TorchScript) for a zoo model version
+    (small: the digits-trained weights; full: random weights)."""
     from isthmus.models.versions import build_version
 
-    model, x = build_version(name, version, size)
+    model, x = build_version(name, version, size, trained=size == "small")
     return to_torchscript(model, x, Path(out_dir) / f"{name}_{version}_{size}.pt")

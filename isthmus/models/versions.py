@@ -101,22 +101,27 @@ def small_version(name: str, version: str = "fp32") -> Any:
     return _exit_chain(teacher, version.removeprefix("exit"))
 
 
-def build_version(name: str, version: str = "fp32", size: str = "full") -> tuple[Any, Any]:
-    """(module in eval mode, example input) of a version. `small`: trained on digits; `full`: the
-    full-size architecture of that version with random weights (for latency), int8 calibrated on
-    random inputs, low rank with the small model's rank fractions."""
+def build_version(name: str, version: str = "fp32", size: str = "full", trained: bool | None = None
+                  ) -> tuple[Any, Any]:
+    """(module in eval mode, example input) of a version.
+
+    `small` with `trained` (default for int8 / lowrank / distilled, whose structure depends on the
+    trained weights): the digits-trained version; untrained small fp32 / exit versions otherwise
+    (same structure, for profiling). `full`: the full-size architecture of that version with random
+    weights (for latency), int8 calibrated on random inputs, low rank with the small model's rank
+    fractions."""
     from isthmus.models.compress import low_rank, quantize_int8
     from isthmus.models.zoo import build, example_input
 
     _check_version(name, version)
     x = example_input(name, size)
-    if size == "small":
+    if size == "small" and (trained or (trained is None and version in ("int8", "lowrank", "distilled"))):
         return small_version(name, version), x
     if version == "distilled":
-        return build(name, "full", width=STUDENT_WIDTH), x
-    model = build(name, "full")
+        return build(name, size, width=STUDENT_WIDTH), x
+    model = build(name, size)
     if version == "int8":
-        return quantize_int8(model, example_input(name, "full", batch=2)), x
+        return quantize_int8(model, example_input(name, size, batch=2)), x
     if version == "lowrank":
         fractions = getattr(small_version(name, "lowrank"), "rank_fraction", {})
         return low_rank(model, rank_fraction=fractions)[0], x

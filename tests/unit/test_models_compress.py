@@ -88,7 +88,7 @@ def test_factorisations_are_exact_at_full_rank():
 def test_rank_fractions_transfer_to_another_size():
     small, fractions = low_rank(build("vgg", "small"), energy=0.5)
     assert "*conv" in fractions and "*fc" in fractions  # defaults for layers the other size adds
-    wide, used = low_rank(build("vgg", "small", width=2.0), rank_fraction=fractions)
+    wide, used = low_rank(build("vgg", "small", width=1.5), rank_fraction=fractions)
     assert used and set(used) <= {p for p, _ in wide.named_modules()}
     for path, fs in used.items():
         assert fs == pytest.approx(fractions.get(path, fractions["*conv"]), abs=0.1)
