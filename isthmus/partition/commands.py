@@ -38,10 +38,9 @@ def partition(
 ) -> None:
     """Where to split a model between an edge device and a site, and which early exit to take.
 
-    With --graph: exact DADS min-cut (prints device_nodes, cut, latency_ms). With MODEL: the
-    model is profiled on this CPU, scaled to --device and --site-device (or the spec's), and
-    Edgent (chains with exits), Neurosurgeon and DADS (DAGs) are compared with device-only and
-    cloud-only.
+    With --graph: the exact DADS min-cut (device_nodes, cut, latency_ms).
+
+    With MODEL: profiled on this CPU, scaled to --device / --site-device (or the spec's); compares Edgent, Neurosurgeon and DADS with device-only and cloud-only.
     """
     if (graph is None) == (model is None):
         _fail("give either MODEL or --graph G.json. To fix: e.g. `isthmus partition --graph g.json "
