@@ -24,13 +24,14 @@ from isthmus.optimizer.planner import GeoPlanner
 
 warnings.filterwarnings("ignore")
 RESULTS = Path(__file__).parent / "results" / "geo_scale.json"
-ROUTES_PER_SERVICE_20_REGIONS = 280       # measured mean of generate_spec at 20 regions, to size the runs
+ROUTES_PER_SERVICE_20_REGIONS = 185       # measured mean of generate_spec at 20 regions, to size the runs
+RATE_SCALE = 20.0                         # sources of 400–8,000 req/s: pools of many instances, as at scale
 
 
 def run(target_routes: int, time_limit_s: float) -> dict:
     n_regions = 20
     n_services = max(5, int(target_routes / ROUTES_PER_SERVICE_20_REGIONS))
-    spec = generate_spec(7, n_regions, n_services, quota=10_000)
+    spec = generate_spec(7, n_regions, n_services, quota=100_000, rate_scale=RATE_SCALE)
     t0 = time.perf_counter()
     planner = GeoPlanner(spec, method="lp-round", time_limit_s=time_limit_s, latency_headroom=0.0)
     setup_s = time.perf_counter() - t0

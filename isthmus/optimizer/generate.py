@@ -27,8 +27,10 @@ _VERSIONS = [("fp32", 0.0, 1.0, 1.0), ("int8", -0.01, 0.5, 2.1), ("lowrank", -0.
 _DATA = [("full", 1.0, 0.0), ("jpeg", 0.2, -0.02), ("thumb", 0.07, -0.06)]
 
 
-def generate_spec(seed: int, n_regions: int, n_services: int, n_models: int = 3, quota: int | None = None) -> Spec:
-    """A feasible-looking random spec; `quota` overrides per-type max_count (default: ample, 8–32)."""
+def generate_spec(seed: int, n_regions: int, n_services: int, n_models: int = 3, quota: int | None = None,
+                  rate_scale: float = 1.0) -> Spec:
+    """A feasible-looking random spec; `quota` overrides per-type max_count (default 8–32); rates are
+    20–400 req/s per source times `rate_scale`."""
     rng = np.random.default_rng(seed)
     xy = rng.uniform(0, 1, size=(n_regions, 2))
     price_mult = rng.uniform(1.0, 1.4, n_regions)
@@ -64,7 +66,7 @@ def generate_spec(seed: int, n_regions: int, n_services: int, n_models: int = 3,
         full_bytes = int(rng.choice([50_000, 150_000, 600_000]))
         n_data = int(rng.integers(2, 4))
         sources.append({"name": f"src-{s}", "location": f"region-{int(rng.integers(n_regions))}",
-                        "rate_rps": float(round(rng.uniform(20, 400), 1)),
+                        "rate_rps": float(round(rng.uniform(20, 400) * rate_scale, 1)),
                         "data_versions": [{"name": n, "bytes": int(full_bytes * f), "accuracy_delta": d}
                                           for n, f, d in _DATA[:n_data]]})
         top = model["versions"][0]["accuracy"]

@@ -64,6 +64,52 @@ def _silence_highs_banner() -> None:
         _banner_shown = True
 
 
+def _hot_start_highs():
+    """A cvxpy HiGHS solver that keeps its `highspy.Highs` alive across DPP re-solves of one problem.
+
+    When a re-solve changes only right-hand sides and costs (rates, floors, route bounds, quotas — the
+    telemetry that comes often) and the constraint matrix is unchanged, the new numbers go into the same
+    HiGHS model and dual simplex restarts from the previous optimal basis instead of from scratch.
+    """
+    import cvxpy.settings as s
+    from cvxpy.reductions.solvers.qp_solvers.highs_qpif import HIGHS
+
+    class HotStartHighs(HIGHS):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cache: dict = {}
+            self.hot_starts = 0
+
+        def name(self) -> str:
+            return "ISTHMUS_HIGHS_HOT_START"
+
+        def solve_via_data(self, data, warm_start, verbose, solver_opts, solver_cache=None):
+            matrix = sp.vstack([data[s.A], data[s.F]]).tocsc()
+            previous = self.cache.get(self.name())
+            if previous is not None and _same_matrix(previous[1]["Ax"], matrix):
+                highs = previous[0]
+                m, n = matrix.shape
+                upper = np.concatenate((data[s.B], data[s.G]))
+                lower = np.concatenate((data[s.B], np.full(data[s.G].shape, -highs.inf)))
+                highs.changeRowsBounds(m, np.arange(m, dtype=np.int32), lower, upper)
+                highs.changeColsCost(n, np.arange(n, dtype=np.int32), np.asarray(data[s.Q], dtype=float))
+                highs.setOptionValue("time_limit", float(solver_opts.get("time_limit", np.inf)))
+                highs.run()
+                self.hot_starts += 1
+                results = {"solution": highs.getSolution(), "basis": highs.getBasis(), "info": highs.getInfo(),
+                           "model_status": highs.getModelStatus().name, "run_time": highs.getRunTime()}
+                self.cache[self.name()] = (highs, dict(previous[1], Ax=matrix), results)
+                return results
+            return super().solve_via_data(data, False, verbose, solver_opts, self.cache)
+
+    return HotStartHighs()
+
+
+def _same_matrix(a: sp.csc_matrix, b: sp.csc_matrix) -> bool:
+    return a.shape == b.shape and np.array_equal(a.indptr, b.indptr) and np.array_equal(a.indices, b.indices) \
+        and np.array_equal(a.data, b.data)
+
+
 @dataclass
 class Solution:
     f: np.ndarray            # req/s per route
@@ -133,6 +179,7 @@ class GeoProblem:
         self.build_s = time.perf_counter() - t0
         self.compile_s: float | None = None
         self.first_solve_s: float | None = None
+        self.solver = cp.HIGHS if integer else _hot_start_highs()   # cvxpy's MILP path is HiGHS's conic one
         self.solves = 0
 
     def set_parameters(self, upper: np.ndarray | None = None) -> None:
@@ -159,7 +206,7 @@ class GeoProblem:
         try:
             # SciPy's canonicalisation backend builds the parameter→data maps vectorised (the C++ one
             # loops per parameter entry: 10× slower with a route-sized Parameter).
-            self.problem.solve(solver=cp.HIGHS, verbose=False, warm_start=self.solves > 0,
+            self.problem.solve(solver=self.solver, verbose=False,
                                canon_backend=cp.SCIPY_CANON_BACKEND, **opts)
         except cp.error.SolverError as err:
             return Solution(np.zeros(len(self.table)), np.zeros(len(self.table.pv_pool)), f"solver_error: {err}",
