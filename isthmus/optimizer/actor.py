@@ -13,6 +13,7 @@ Then `GeoPlanner.replan` re-solves its parameterised problem with every pending 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from typing import Any
@@ -70,6 +71,18 @@ def _routing_signature(plan: Plan) -> list[tuple]:
                   for r in plan.routes if r.fraction > 0)
 
 
+@contextlib.contextmanager
+def _plain_errors():
+    """Re-raise SpecError (InfeasibleSpec) as ValueError with the same text: Ray cannot rebuild SpecError's
+    (problems, origin) constructor on the caller's side and would hide the message."""
+    from isthmus.spec import SpecError
+
+    try:
+        yield
+    except SpecError as err:
+        raise ValueError(str(err)) from None
+
+
 class _OptimizerActor:
     """Holds Spec and Plan, takes telemetry, re-plans past a drift threshold and rolls the plan out."""
 
@@ -80,8 +93,9 @@ class _OptimizerActor:
 
         if drift_threshold < 0:
             raise ValueError(f"drift_threshold is {drift_threshold}. To fix: give a relative change >= 0, e.g. 0.2")
-        self._planner = GeoPlanner(parse_spec(spec), method=method, time_limit_s=time_limit_s)
-        self._plan = Plan.model_validate(plan) if plan is not None else self._planner.solve()
+        with _plain_errors():
+            self._planner = GeoPlanner(parse_spec(spec), method=method, time_limit_s=time_limit_s)
+            self._plan = Plan.model_validate(plan) if plan is not None else self._planner.solve()
         self._serve_options = dict(serve_options or {})
         self._threshold = drift_threshold
         self._pending: dict[str, dict] = {}
@@ -133,14 +147,19 @@ class _OptimizerActor:
 
         with self._lock:
             start = time.monotonic()
-            _merge(self._pending, telemetry)
-            drift, key = telemetry_drift(self._planner.spec, self._pending)
+            pending = {kind: dict(values) for kind, values in self._pending.items()}
+            _merge(pending, telemetry)
+            drift, key = telemetry_drift(self._planner.spec, pending)
             entry: dict[str, Any] = {"drift": drift, "key": key, "replanned": False, "changed": False,
                                      "plan_version": self._version, "replan_s": 0.0, "rollout": {}}
+            self._pending = pending
             if force or drift > self._threshold:
                 old = self._plan
-                self._plan = self._planner.replan(**self._pending)
-                self._pending = {}
+                try:
+                    with _plain_errors():
+                        self._plan = self._planner.replan(**pending)
+                finally:  # bad telemetry (an unknown name) must not poison the next reports
+                    self._pending = {}
                 entry.update(replanned=True, replan_s=time.monotonic() - start,
                              resolve=getattr(self._planner, "last_resolve_kind", ""),
                              cost_per_hour=self._plan.cost_per_hour)

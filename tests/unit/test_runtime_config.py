@@ -137,6 +137,9 @@ def test_optimizer_replans_only_past_the_threshold() -> None:
     assert {r["site"] for r in optimizer.plan()["routes"] if r["fraction"] > 0} == {"cam-1"}
     assert optimizer.spec()["sources"][0]["rate_rps"] == 80.0
     assert len(optimizer.history()) == 2
+    with pytest.raises(ValueError, match="unknown source 'nope'"):
+        optimizer.report({"rates_rps": {"nope": 1.0}}, force=True)
+    assert optimizer.report({"rates_rps": {"cams": 81.0}})["drift"] == pytest.approx(1 / 80)  # not poisoned
 
 
 # ---------------------------------------------------------------- tracing
