@@ -128,8 +128,8 @@ def test_fill_splits_pareto_points_for_edge_sources():
             assert p.tail_ms["t4"] == pytest.approx(t.tail[p.split + 1] / sf_t4)
         expected_acc = None if p.exit is None else 0.8 - (0.95 - exit_acc[str(p.exit)])
         assert p.accuracy == (None if expected_acc is None else pytest.approx(expected_acc))
-    # pruning loses no latency optimum: per exit and bandwidth, the best kept split at least as
-    # accurate as that exit is as fast as the exit's best split
+    # pruning loses no latency optimum: per exit and bandwidth, some kept split at least as accurate
+    # as that exit is at least as fast as the exit's best split
     acc = {None: 0.8} | {int(k): 0.8 - (0.95 - a) for k, a in exit_acc.items()}
     for bw in (0.1, 1.0, 10.0, 100.0, 1000.0):
         for t in table.tables:
@@ -138,7 +138,7 @@ def test_fill_splits_pareto_points_for_edge_sources():
                                                  if p.tail_ms else 0.0) for p in kept)
             best_all = min(t.head[k + 1] / sf_rpi + (8 * t.sent[k + 1] / (1000 * bw) + t.tail[k + 1] / sf_t4
                                                      if k < t.n - 1 else 0.0) for k in range(0, t.n))
-            assert best_kept == pytest.approx(best_all, rel=1e-9)
+            assert best_kept <= best_all * (1 + 1e-9)
 
 
 def test_export_partitions_dag_multi_tensor_cut(tmp_path):
