@@ -71,7 +71,7 @@ class DemoSettings:
 
     @classmethod
     def quick(cls) -> "DemoSettings":
-        return cls(calibrate_s=5.0, before_s=15.0, after_s=25.0)
+        return cls(calibrate_s=8.0, before_s=15.0, after_s=25.0)
 
 
 @dataclass
@@ -292,8 +292,8 @@ def _drive(agents: dict[str, dict], data: tuple[Any, Any], state: _State, durati
                 correct=ok and reply.get("prediction") == [int(y[row])], plan_version=reply.get("plan_version", 0),
                 trace_id=reply.get("trace_id", ""), source=str(reply.get("source", "")),
                 error="" if ok else str(reply.get("error") or reply.get("reason") or code)[:300]))
-            next_s += 1.0 / rate_rps
-            time.sleep(max(0.0, next_s - time.monotonic()))
+            next_s = max(next_s + 1.0 / rate_rps, time.monotonic())  # a stalled request's slots are skipped,
+            time.sleep(max(0.0, next_s - time.monotonic()))           # not made up in a burst
 
     threads = [threading.Thread(target=loop, args=(n, a), daemon=True) for n, a in enumerate(agents)]
     begin = time.monotonic()
@@ -505,9 +505,11 @@ class _Runtime:
             raise DemoError(f"the local Ray cluster did not come up: {err}. To fix: retry when the machine is "
                             "less loaded (every site's raylet must register within 2 minutes)") from None
         full = TritonModel(name=serve_app.triton_model_name(MODEL, VERSION), torchscript_path=self.prepared["full_path"],
-                           input_shape=tuple(self.prepared["x"].shape[1:]), max_batch_size=8)
+                           input_shape=tuple(self.prepared["x"].shape[1:]), max_batch_size=8,
+                           dynamic_batching=False)
         tails = [TritonModel(name=serve_app.triton_model_name(MODEL, VERSION, s["point"].split, None),
-                             torchscript_path=s["tail"], input_shape=s["shape"], max_batch_size=8)
+                             torchscript_path=s["tail"], input_shape=s["shape"], max_batch_size=8,
+                             dynamic_batching=False)
                  for s in self.splits]
         for region in REGIONS:
             models = [full, *tails] if region == TAIL_REGION else [full]
@@ -515,8 +517,13 @@ class _Runtime:
                 name=serve_app.device_actor_name(region), namespace=serve_app.DEVICE_NAMESPACE,
                 resources={f"region:{region}": 0.01}).remote(
                     region, REGIONS[region][1], models, workdir=str(self.work / f"triton-{region}"),
-                    trace_config=triton_trace_config(self.receiver.url))
-        ray.get([d.start.remote() for d in self.devices.values()], timeout=300)
+                    trace_config=triton_trace_config(self.receiver.url), start_timeout_s=300.0)
+        try:
+            ray.get([d.start.remote() for d in self.devices.values()], timeout=600)
+        except Exception as err:  # noqa: BLE001 - a Ray task error wrapping TritonError, or a timeout
+            lines = [line for line in str(err).splitlines() if "Error" in line]
+            raise DemoError(f"Triton did not start: {(lines or [str(err)])[-1][:400]}. To fix: retry when the "
+                            f"machine is less loaded; Triton's logs are in {self.work}/triton-*/logs") from None
 
     def deploy_initial(self, spec: Any) -> None:
         """Plan the calibration spec (raw inputs), deploy it on Serve, start the control plane and the agents.
@@ -625,9 +632,11 @@ def demo(quick: bool = typer.Option(False, "--quick", help="Shorter load phases 
             console.log(f"[bold]{text}[/bold] ({time.monotonic() - start:.0f} s)")
             status.update(text)
 
+        from isthmus.spec import SpecError
+
         try:
             summary = run_demo(out, settings, progress)
-        except DemoError as err:
+        except (DemoError, SpecError) as err:
             console.print(f"[red]{err}[/red]", highlight=False)
             raise typer.Exit(2)
     from isthmus.demo_report import print_summary
