@@ -24,7 +24,7 @@ ray = pytest.importorskip("ray")
 torch = pytest.importorskip("torch")
 
 from isthmus.platform import serve_app  # noqa: E402
-from isthmus.platform.tracing import OtlpHttpReceiver, load_spans, triton_trace_config  # noqa: E402
+from isthmus.platform.tracing import OtlpHttpReceiver, load_spans, summarize, triton_trace_config  # noqa: E402
 from isthmus.platform.triton import INPUT_NAME, OUTPUT_NAME, TritonModel, find_tritonserver, free_port  # noqa: E402
 from isthmus.spec import Plan, parse_spec  # noqa: E402
 
@@ -217,6 +217,9 @@ def test_one_trace_spans_ingress_deployment_and_triton(runtime) -> None:
     assert [s["name"] for s in roots] == ["ingress"] and roots[0]["parent_id"] == client_span
     services = {s["service"] for s in spans}
     assert {"ingress", f"site:{reply['site']}", "triton"} <= services, services
+    summary = summarize(load_spans(runtime["spans"]))  # what `isthmus trace summary` prints
+    assert {"ingress", "deployment", "triton.infer", "InferRequest", "compute"} <= {h["hop"] for h in summary["hops"]}
+    assert {r["site"] for r in summary["routes"]} == set(SITES) and summary["max_spans_per_trace"] >= 5
 
 
 def test_spans_arrive_over_otlp_grpc(runtime) -> None:
