@@ -48,7 +48,8 @@ def regression_part(per_kind: int, repeats: int, profile_repeats: int) -> dict[s
     kinds = ("conv", "fc", "pool", "relu", "lrn", "bn")
     per_model, unseen = [], []
     for name in CNNS:
-        prof = profile_model(name, "fp32", "full", repeats=profile_repeats, progress=False)
+        # re-measured in this run, so the fitted and the evaluated layers share the machine's load
+        prof = profile_model(name, "fp32", "full", repeats=profile_repeats, progress=False, refresh=True)
         layers = [x for x in prof.layers if x.kind in kinds]
         unseen += layers
         measured = sum(x.latency_ms for x in prof.layers)
@@ -101,7 +102,7 @@ def main() -> None:
     console = Console()
     with console.status("regression: profiling synthetic layers and the zoo"):
         reg = regression_part(per_kind=6 if args.quick else 12, repeats=5 if args.quick else 10,
-                              profile_repeats=5 if args.quick else 20)
+                              profile_repeats=5 if args.quick else 10)
     table = Table(title=f"Per-layer latency regression, MAPE % on {sum(r['layers'] for r in reg['mape_on_unseen_zoo_layers'] if r['kind'] != 'all')} "
                         f"unseen zoo layers (fit on {reg['train_layers']} synthetic layers)")
     for col in ("kind", "layers", "Edgent per-kind", "log-log per-kind", "global linear", "roofline",

@@ -6,8 +6,8 @@ For each layer kind k a linear model over that kind's features (Edgent's indepen
     latency_ms ≈ c₀ + Σ_j c_j · x_j,   c ≥ 0 (non-negative least squares, rows weighted by
                                         1 / latency so the fit minimises relative error)
 
-or, with `form="loglog"`, a power law fitted by least squares in log space (captures kernels
-whose throughput changes with size, e.g. small convs or cache effects):
+or, with `form="loglog"`, a power law fitted by ridge least squares in log space (captures
+kernels whose throughput changes with size, e.g. small convs or cache effects):
 
     log latency_ms ≈ c₀ + Σ_j c_j · log(1 + x_j)
 
@@ -66,9 +66,13 @@ def _fit_rows(layers: list[LayerProfile], features: tuple[str, ...], form: str) 
     raw = np.array([[float(getattr(l, f)) for f in features] for l in layers])
     y = np.array([l.latency_ms for l in layers])
     if form == "loglog":
-        x = np.hstack([np.ones((len(y), 1)), np.log1p(raw)])
-        coef = np.linalg.lstsq(x, np.log(np.maximum(y, 1e-6)), rcond=None)[0]
-        return _Fit(features, list(coef), len(layers), form)
+        # ridge in log space (λ = 0.1 on centred features): collinear sizes (pool in/out bytes) must
+        # not get huge opposite-sign exponents that explode outside the training range
+        logs, target = np.log1p(raw), np.log(np.maximum(y, 1e-6))
+        mean = logs.mean(axis=0)
+        centred = logs - mean
+        slopes = np.linalg.solve(centred.T @ centred + 0.1 * np.eye(len(features)), centred.T @ (target - target.mean()))
+        return _Fit(features, [float(target.mean() - mean @ slopes)] + list(map(float, slopes)), len(layers), form)
     x = np.hstack([np.ones((len(y), 1)), raw])
     scale = np.maximum(np.abs(x).max(axis=0), 1e-12)  # column scaling for conditioning
     w = 1.0 / np.maximum(y, 1e-6)  # relative error matters (MAPE)
