@@ -40,13 +40,21 @@ def plan(spec: str = typer.Argument(..., help="Path to a spec YAML file."),
          method: str = typer.Option("auto", help="auto | milp | lp-round (auto: exact MILP up to 20,000 routes)."),
          time_limit_s: float = typer.Option(60.0, "--time-limit-s", help="Solver time limit in seconds."),
          compare: bool = typer.Option(False, "--compare", help="Also print every baseline's cost beside the plan."),
-         out: str = typer.Option(None, "--out", help="Also write the Plan JSON to this file.")) -> None:
+         out: str = typer.Option(None, "--out", help="Also write the Plan JSON to this file."),
+         splits: bool = typer.Option(True, "--splits/--no-splits",
+                                     help="Measure edge/cloud split points (profiler + partitioner) for zoo models "
+                                          "used by edge sources that have none in the spec.")) -> None:
     """Choose data version, model version, site and instance type per service at minimum cost per hour."""
     from rich.console import Console
 
     from isthmus.optimizer.planner import GeoPlanner
 
     loaded = _load(spec)
+    if splits and _needs_splits(loaded):
+        from isthmus.partition import fill_splits
+
+        Console(stderr=True).print("measuring edge/cloud split points of zoo models (cached after the first run)")
+        loaded = fill_splits(loaded)
     if method not in ("auto", "milp", "lp-round"):
         Console(stderr=True).print(f"[red]--method {method!r} is not one of auto, milp, lp-round[/red]")
         raise typer.Exit(2)
@@ -68,6 +76,13 @@ def plan(spec: str = typer.Argument(..., help="Path to a spec YAML file."),
         from isthmus.optimizer.baselines import baseline_costs
 
         _print_compare(result.cost_per_hour, baseline_costs(loaded, planner.table))
+
+
+def _needs_splits(spec) -> bool:
+    """An edge-site source feeds a zoo model none of whose versions has split points yet."""
+    edge = {e.name for e in spec.edge_sites}
+    return any(spec.source(s.source).location in edge and spec.model(s.model).zoo
+               and not any(v.splits for v in spec.model(s.model).versions) for s in spec.services)
 
 
 def _print_plan(result) -> None:
