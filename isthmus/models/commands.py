@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 
 import typer
 
@@ -14,11 +16,17 @@ def register(app: typer.Typer) -> None:
     app.add_typer(models_app, name="models")
 
 
-def _fail(message: str) -> None:
-    from rich.console import Console
+@contextlib.contextmanager
+def cli_errors() -> Iterator[None]:
+    """Turn a ValueError (bad model, version, size, device; SpecError is one) into its message on
+    stderr and exit code 2."""
+    try:
+        yield
+    except ValueError as err:
+        from rich.console import Console
 
-    Console(stderr=True).print(f"[red]{message}[/red]", highlight=False)
-    raise typer.Exit(2)
+        Console(stderr=True).print(f"[red]{err}[/red]", highlight=False)
+        raise typer.Exit(2) from None
 
 
 @models_app.command("list")
@@ -65,10 +73,8 @@ def versions(model: str = typer.Argument(..., help="Zoo model name (see `isthmus
 
     from isthmus.models.versions import MAX_DROP, version_names, version_table
 
-    try:
+    with cli_errors():
         version_names(model)
-    except ValueError as err:
-        _fail(str(err))
     console = Console(stderr=as_json)
     with console.status(f"training / compressing / timing {model} versions (cached after the first run)"):
         rows = version_table(model, repeats=repeats, refresh=refresh)
@@ -97,11 +103,9 @@ def export(model: str = typer.Argument(..., help="Zoo model name."),
     from isthmus.models.export import export_version
     from isthmus.models.versions import version_names
 
-    try:
+    with cli_errors():
         if version not in version_names(model):
-            _fail(f"unknown version {version!r} of {model!r}. To fix: use one of {version_names(model)}")
+            raise ValueError(f"unknown version {version!r} of {model!r}. To fix: use one of {version_names(model)}")
         if size not in ("full", "small"):
-            _fail(f"size {size!r} is not 'full' or 'small'. To fix: pass --size small or --size full")
-    except ValueError as err:
-        _fail(str(err))
+            raise ValueError(f"size {size!r} is not 'full' or 'small'. To fix: pass --size small or --size full")
     print(export_version(model, version, size, out))

@@ -35,11 +35,10 @@ def profile(model: str = typer.Argument(..., help="Zoo model name (see `isthmus 
     from rich.console import Console
     from rich.table import Table
 
+    from isthmus.models.commands import cli_errors
     from isthmus.models.zoo import ZOO_NAMES
-    from isthmus.spec import SpecError
 
-    err_console = Console(stderr=True)
-    try:
+    with cli_errors():
         if model not in ZOO_NAMES:
             raise ValueError(f"unknown zoo model {model!r}. To fix: use one of {list(ZOO_NAMES)}")
         if size not in ("full", "small"):
@@ -48,9 +47,6 @@ def profile(model: str = typer.Argument(..., help="Zoo model name (see `isthmus 
         from isthmus.profiler import profile_model, speed_factor
 
         prof = profile_model(model, version, size, repeats=repeats, progress=not as_json, refresh=refresh)
-    except (ValueError, SpecError) as err:
-        err_console.print(f"[red]{err}[/red]", highlight=False)
-        raise typer.Exit(2)
     factor = 1.0
     if target is not None:
         factor = speed_factor(target)
