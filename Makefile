@@ -8,10 +8,13 @@ STAMP   := $(VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# requirements.lock pins every package (pip freeze of a working .venv): no resolver work, no surprise releases.
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/python -m isthmus._proto
 	touch $(STAMP)
 
 demo: venv
