@@ -73,7 +73,7 @@ def run(target_routes: int, time_limit_s: float) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000,1000000")
-    parser.add_argument("--time-limit-s", type=float, default=300.0)
+    parser.add_argument("--time-limit-s", type=float, default=60.0)
     args = parser.parse_args()
     console = Console()
     rows = []

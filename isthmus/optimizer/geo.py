@@ -280,7 +280,7 @@ def _best_per_service(service: np.ndarray, score: np.ndarray, k: int) -> np.ndar
 
 
 def restricted_milp(table: RouteTable, lp: Solution, time_limit_s: float, k: int = 8,
-                    mip_rel_gap: float = 2e-3, guide: Solution | None = None) -> Solution:
+                    mip_rel_gap: float = 5e-3, guide: Solution | None = None) -> Solution:
     """MILP over a route subset the LP points at: the support of `guide` (default the LP), the k best
     routes per service by reduced cost and by amortised cost, and per service one route into each of
     its 2k best pool-versions `guide` opened (y_q > 0) and its 3k cheapest pool-versions by amortised

@@ -142,8 +142,8 @@ class GeoPlanner:
         """Restricted MILP guided by the LP, then once more guided by its own incumbent; round-up as repair."""
         candidates = [c for c in [round_up(self.table, lp)] if c is not None]
         guide = None
-        for _ in range(2):
-            remaining = self.time_limit_s - (time.perf_counter() - t0)
+        for share in (0.6, 1.0):          # the first round may take 60% of the time left, the second the rest
+            remaining = (self.time_limit_s - (time.perf_counter() - t0)) * share
             if remaining < 1.0:
                 break
             k = int(np.clip(RESTRICTED_ROUTES // (5 * max(len(self.spec.services), 1)), 2, RESTRICTED_K))
