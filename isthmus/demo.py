@@ -338,9 +338,11 @@ class _BandwidthWatcher:
     """Forwards the agents' bandwidth probes (median of the latest per agent) to the OptimizerActor; on a
     re-plan that changes routing, publishes the new plan's assignments to the agents."""
 
-    def __init__(self, plan_source: Any, optimizer: Any, splits: list, target: str, state: _State) -> None:
+    def __init__(self, plan_source: Any, optimizer: Any, splits: list, target: str, state: _State,
+                 agents: dict[str, dict]) -> None:
         self.plan_source, self.optimizer, self.splits, self.target, self.state = (
             plan_source, optimizer, splits, target, state)
+        self.agents = agents
         self._stop = threading.Event()
         self._seen: dict[str, float] = {}
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -389,8 +391,24 @@ class _BandwidthWatcher:
                 if entry["changed"]:
                     self.state.plans.append({"t_s": time.monotonic() - self.state.t0, "bandwidth_mbps": mbps,
                                              "plan": plan.model_dump(mode="json")})
-                    version = self.plan_source.publish(_assignments(plan, self.splits, self.target))
+                    assignments = _assignments(plan, self.splits, self.target)
+                    version = self.plan_source.publish(assignments)
                     self.state.event("published", plan_source_version=version, mean_split=_mean_split(plan))
+                    self._wait_switched({a: v["split"] for a, v in assignments.items()})
+
+    def _wait_switched(self, splits: dict[str, int], timeout_s: float = 60.0) -> None:
+        """Record `agents_switched` once every agent reports the new split loaded (its /status)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not self._stop.is_set():
+            try:
+                loaded = {a: (_http_json(self.agents[a]["port"], "/status", timeout_s=5)[1].get("loaded") or {})
+                          for a in splits}
+            except OSError:
+                loaded = {}
+            if loaded and all(loaded[a].get("split") == split for a, split in splits.items()):
+                self.state.event("agents_switched", splits=splits)
+                return
+            time.sleep(0.1)
 
 
 # ---------------------------------------------------------------- the run
@@ -453,7 +471,8 @@ def run_demo(out: Path, settings: DemoSettings, progress: Any = None) -> dict[st
         state.plans.append({"t_s": time.monotonic() - state.t0, "bandwidth_mbps": settings.bandwidth_mbps,
                             "plan": plan.model_dump(mode="json")})
         runtime.publish(plan)
-        watcher = _BandwidthWatcher(runtime.plan_source, runtime.optimizer, splits, runtime.target, state).start()
+        watcher = _BandwidthWatcher(runtime.plan_source, runtime.optimizer, splits, runtime.target, state,
+                                    runtime.agents).start()
         try:
             step(f"drive load {settings.before_s:g} s, halve the uplink, {settings.after_s:g} s more")
 

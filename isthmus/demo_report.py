@@ -48,6 +48,8 @@ def _trace_hops(spans: list[dict]) -> dict[str, dict]:
     for span in spans:
         entry = traces.setdefault(span["trace_id"], {"hops": set(), "spans": 0})
         entry["spans"] += 1
+        if span.get("name") == "triton.infer":
+            entry["hops"].add("triton_client")
         hop = _hop(span)
         if hop:
             entry["hops"].add(hop)
@@ -59,12 +61,14 @@ def collect_traces(out: Path, timeout_s: float = 30.0, hops: tuple[str, ...] = (
     """Merge every span file of the run into `out/traces.jsonl` (waiting up to timeout_s for late exports)."""
     paths = sorted((out / "agents").glob("*.spans.jsonl")) + [out / "work" / "serve.spans.jsonl",
                                                               out / "work" / "triton.spans.jsonl"]
-    deadline = time.monotonic() + timeout_s
-    while True:
+    deadline, last_count, stable_since = time.monotonic() + timeout_s, -1, time.monotonic()
+    while True:  # until every trace is complete, or no span arrived for 5 s, or timeout_s
         spans = _read_spans(paths)
         traces = _trace_hops(spans)
         complete = [t for t in traces.values() if set(hops) <= t["hops"]]
-        if len(complete) == len(traces) or time.monotonic() > deadline:
+        if len(spans) != last_count:
+            last_count, stable_since = len(spans), time.monotonic()
+        if len(complete) == len(traces) or time.monotonic() > deadline or time.monotonic() - stable_since > 5.0:
             break
         time.sleep(1.0)
     with (out / "traces.jsonl").open("w") as f:
@@ -74,7 +78,9 @@ def collect_traces(out: Path, timeout_s: float = 30.0, hops: tuple[str, ...] = (
     for t in traces.values():
         for hop in set(hops) - t["hops"]:
             missing[hop] = missing.get(hop, 0) + 1
+    client = [t for t in traces.values() if {"edge_agent", "ingress", "deployment", "triton_client"} <= t["hops"]]
     return {"file": str(out / "traces.jsonl"), "count": len(traces), "complete": len(complete),
+            "complete_to_triton_client": len(client),
             "min_spans": min((t["spans"] for t in traces.values()), default=0), "hops": list(hops),
             "missing_hops": missing, "spans": len(spans)}
 
@@ -122,7 +128,7 @@ def summarize_run(out: Path, state: Any, spec: Any, traces: dict, watcher_error:
     predicted = {id(s): _predicted(state, s) for s in samples}
     ok = [s for s in samples if s.ok]
     drop_t = next((e["t_s"] for e in state.events if e["event"] == "bandwidth_drop"), float("inf"))
-    switched_t = max((e["t_s"] for e in state.events if e["event"] == "published"), default=float("inf"))
+    switched_t = max((e["t_s"] for e in state.events if e["event"] == "agents_switched"), default=float("inf"))
     final_plan, first_plan = state.plans[-1]["plan"], state.plans[0]["plan"]
     changed = [r for r in state.replans if r.get("changed")]
     service = spec.services[0]
