@@ -80,9 +80,9 @@ def test_no_failed_request(demo_run) -> None:
     assert requests["sent"] >= 100 and requests["failed"] == 0 and requests["ok"] == requests["sent"], requests
 
 
-@pytest.mark.xfail(strict=False, reason="machine-load dependent: 309 s and 381 s on this shared 2-core machine "
-                   "(load average ~20; the 4 raylets and 2 Tritons alone take 2-4 min to come up), expected to "
-                   "pass on an idle one")
+@pytest.mark.xfail(strict=False, reason="machine-load dependent: 158 s, 309 s and 381 s on this shared 2-core "
+                   "machine (load average ~20; the 4 raylets and 2 Tritons alone took 2-4 min to come up when it "
+                   "was busiest)")
 def test_quick_demo_under_5_minutes(demo_run) -> None:
     assert demo_run["seconds"] < 300, demo_run["seconds"]
 
@@ -99,9 +99,6 @@ def test_the_bandwidth_drop_replans_and_moves_the_split_toward_the_device(demo_r
     assert switched and switched[0]["t_s"] > drop["t_s"], summary["events"]
 
 
-@pytest.mark.xfail(strict=True, reason="on this shared 2-core machine (load average ~20) the path overhead drifts "
-                   "between the calibration run and the load phases: measured/predicted p50 was 1.31 and 1.29 in two "
-                   "runs (per phase before/after the drop 1.12/1.59 and 1.47/1.00)")
 def test_measured_p50_within_25_percent_of_predicted(demo_run) -> None:
     for service in demo_run["summary"]["services"]:
         ratio = service["latency_ms_p50"] / service["predicted_latency_ms"]
