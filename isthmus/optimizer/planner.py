@@ -130,10 +130,28 @@ class GeoPlanner:
             return self._plan(None, Solution(np.zeros(0), np.zeros(0), "optimal", 0.0, 0.0), 0.0)
         t0 = time.perf_counter()
         self.problem.set_parameters(self._upper())
-        first = self.problem.solve(self.time_limit_s)
+        # auto: a MILP that may not finish gets half the time, so LP + rounding can still run after it
+        share = 0.5 if self.method == "auto" and self.chosen == "milp" else 1.0
+        first = self.problem.solve(self.time_limit_s * share)
         solution = first
-        if self.chosen == "lp-round" and first.status in ("optimal", "optimal_inaccurate"):
+        if first.status in ("infeasible", "infeasible_inaccurate"):
+            raise InfeasibleSpec(self._joint_diagnosis(), self.spec.name)
+        if self.chosen == "lp-round":
+            if first.status not in ("optimal", "optimal_inaccurate"):
+                raise SpecError([("solver.time_limit_s", f"the LP relaxation of {len(self.table):,} routes did not "
+                                  f"finish in {self.time_limit_s:g} s (status {first.status}). To fix: raise the "
+                                  "time limit (--time-limit-s)")], self.spec.name)
             solution = self._round(first, t0)
+        elif self.method == "auto" and first.status != "optimal":
+            lp_problem = GeoProblem(self.table, integer=False)
+            lp_problem.set_parameters(self._upper())
+            lp = lp_problem.solve(max(self.time_limit_s - (time.perf_counter() - t0), 1.0))
+            if lp.status == "optimal":
+                rounded = self._round(lp, t0)
+                has_incumbent = first.status == "user_limit"
+                solution = rounded if not has_incumbent or self._cost(rounded) < self._cost(first) else first
+                first = Solution(first.f, first.y, first.status, first.seconds + lp.seconds,
+                                 max(first.bound or 0.0, lp.bound or 0.0))
         if solution.status not in ("optimal", "optimal_inaccurate", "user_limit", "rounded", "restricted_milp"):
             raise InfeasibleSpec(self._joint_diagnosis(), self.spec.name)
         return self._plan(first, solution, time.perf_counter() - t0)
