@@ -63,8 +63,18 @@ def start_local_cluster(spec: Spec, num_cpus_per_node: int = 1, object_store_byt
     from ray.cluster_utils import Cluster
 
     common = {"num_cpus": num_cpus_per_node, "object_store_memory": object_store_bytes}
-    cluster = Cluster(initialize_head=True, head_node_args={
-        **common, "include_dashboard": False, "resources": {"isthmus:head": 1.0}, "_system_config": _LIGHT})
+    head_args = {**common, "include_dashboard": False, "resources": {"isthmus:head": 1.0}, "_system_config": _LIGHT}
+    for attempt in range(3):      # Ray gives a head 30 s to register (fixed); a loaded machine can miss that
+        try:
+            cluster = Cluster(initialize_head=True, head_node_args=head_args)
+            break
+        except Exception as err:  # noqa: BLE001 - ray raises a bare Exception for this
+            if "timed out during startup" not in str(err) or attempt == 2:
+                raise
+            import logging
+
+            logging.getLogger(__name__).warning("the Ray head was slow to start (attempt %d of 3); retrying",
+                                                attempt + 1)
     try:
         for resource in site_resources(spec).values():
             _add_node(cluster, resources={resource: 1.0}, **common)
