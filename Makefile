@@ -20,16 +20,24 @@ $(STAMP): pyproject.toml requirements.lock
 demo: venv
 	$(BIN)/isthmus demo
 
-# pytest's exit 5 ("no tests collected") is a failure here.
+# Tiers in order; every cluster test module in a pytest process of its own (one local Ray cluster per
+# process: a second cluster in a process that already ran one fails to start its head). pytest's exit 5
+# ("no tests collected") is a failure here.
+TEST_TARGETS = tests/unit $(sort $(wildcard tests/cluster/test_*.py)) tests/e2e
+
 test: venv
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit tests/cluster tests/e2e; \
-	rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected" >&2; exit 1; fi; exit $$rc
+	@status=0; for target in $(TEST_TARGETS); do \
+	  echo "== $$target"; \
+	  $(BIN)/python -m pytest -q -p no:cacheprovider $$target; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "no tests collected in $$target" >&2; rc=1; fi; \
+	  if [ $$rc -ne 0 ]; then status=$$rc; fi; \
+	done; exit $$status
 
 test-unit: venv
 	$(BIN)/python -m pytest -q tests/unit
 
 test-cluster: venv
-	$(BIN)/python -m pytest -q tests/cluster
+	for f in $(sort $(wildcard tests/cluster/test_*.py)); do $(BIN)/python -m pytest -q $$f || exit 1; done
 
 test-e2e: venv
 	$(BIN)/python -m pytest -q tests/e2e

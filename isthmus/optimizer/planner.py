@@ -15,8 +15,8 @@ __all__ = ["GeoPlanner", "InfeasibleSpec", "plan_spec", "diagnose", "MILP_MAX_RO
 
 Method = Literal["auto", "milp", "lp-round"]
 MILP_MAX_ROUTES = 20_000       # `auto` solves the exact MILP up to this many routes, LP + rounding above
-RESTRICTED_K = 8               # lp-round: the restricted MILP keeps the LP support + ~5k routes per service,
-RESTRICTED_ROUTES = 40_000     # with k lowered (to 2 at least) so that about this many routes enter it
+RESTRICTED_K = 64              # lp-round: the restricted MILP keeps the LP support + ~5k routes per service,
+RESTRICTED_ROUTES = 40_000     # k = RESTRICTED_ROUTES / (5·services) clipped to [2, RESTRICTED_K]
 
 
 class InfeasibleSpec(SpecError):
