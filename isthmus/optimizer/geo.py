@@ -180,7 +180,6 @@ class GeoProblem:
         self.compile_s: float | None = None
         self.first_solve_s: float | None = None
         self.solver = cp.HIGHS if integer else _hot_start_highs()   # cvxpy's MILP path is HiGHS's conic one
-        self.solves = 0
 
     def set_parameters(self, upper: np.ndarray | None = None) -> None:
         """Load the table's current numbers into the Parameters (after telemetry changed the table's spec)."""
@@ -195,11 +194,11 @@ class GeoProblem:
         self.quota.value = t.pools.max_count.astype(float)
         self.upper.value = rate[t.service] if upper is None else upper
 
-    def solve(self, time_limit_s: float, mip_rel_gap: float = 1e-4, **highs_options) -> Solution:
+    def solve(self, time_limit_s: float, mip_rel_gap: float = 1e-4) -> Solution:
         import cvxpy as cp
 
         _silence_highs_banner()
-        opts = dict(_HIGHS_OPTS, time_limit=float(max(time_limit_s, 1.0)), highs_options=highs_options)
+        opts = dict(_HIGHS_OPTS, time_limit=float(max(time_limit_s, 1.0)))
         if self.integer:
             opts["mip_rel_gap"] = mip_rel_gap
         t0 = time.perf_counter()
@@ -216,7 +215,6 @@ class GeoProblem:
         if self.compile_s is None:
             self.compile_s = max(seconds - (stats.solve_time or 0.0), 0.0)
             self.first_solve_s = seconds - self.compile_s
-        self.solves += 1
         status = self.problem.status
         if self.f.value is None or status not in ("optimal", "optimal_inaccurate", "user_limit"):
             return Solution(np.zeros(len(self.table)), np.zeros(len(self.table.pv_pool)), status, seconds, None)
