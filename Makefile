@@ -20,10 +20,10 @@ $(STAMP): pyproject.toml requirements.lock
 demo: venv
 	$(BIN)/isthmus demo
 
-# Tiers in order; every cluster test module in a pytest process of its own (one local Ray cluster per
+# Tiers in order; every cluster and e2e test module in a pytest process of its own (one local Ray cluster per
 # process: a second cluster in a process that already ran one fails to start its head). pytest's exit 5
 # ("no tests collected") is a failure here.
-TEST_TARGETS = tests/unit $(sort $(wildcard tests/cluster/test_*.py)) tests/e2e
+TEST_TARGETS = tests/unit $(sort $(wildcard tests/cluster/test_*.py)) $(sort $(wildcard tests/e2e/test_*.py))
 
 test: venv
 	@status=0; for target in $(TEST_TARGETS); do \
@@ -40,7 +40,7 @@ test-cluster: venv
 	for f in $(sort $(wildcard tests/cluster/test_*.py)); do $(BIN)/python -m pytest -q $$f || exit 1; done
 
 test-e2e: venv
-	$(BIN)/python -m pytest -q tests/e2e
+	for f in $(sort $(wildcard tests/e2e/test_*.py)); do $(BIN)/python -m pytest -q $$f || exit 1; done
 
 bench: venv
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
