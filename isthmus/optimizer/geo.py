@@ -277,14 +277,16 @@ def _best_per_service(service: np.ndarray, score: np.ndarray, k: int) -> np.ndar
     return order[rank < k]
 
 
-def restricted_milp(table: RouteTable, lp: Solution, time_limit_s: float, k: int = 8,
+def restricted_milp(table: RouteTable, lp: Solution, upper: np.ndarray, time_limit_s: float, k: int = 8,
                     mip_rel_gap: float = 5e-3, guide: Solution | None = None) -> Solution:
     """MILP over a route subset the LP points at: the support of `guide` (default the LP), the k best
     routes per service by reduced cost and by amortised cost, and per service one route into each of
     its 2k best pool-versions `guide` opened (y_q > 0) and its 3k cheapest pool-versions by amortised
-    cost — the consolidation moves an integer plan needs (many services sharing one pool).
+    cost — the consolidation moves an integer plan needs (many services sharing one pool) — together
+    with the most accurate route of each such (service, pool-version) pair.
 
-    Returns a Solution over the whole table (routes outside the subset carry no flow).
+    `upper` is the full table's route bounds ub_r (0 for a route outside its SLO). Returns a Solution over
+    the whole table (routes outside the subset carry no flow).
     """
     guide = guide or lp
     score, amortised = reduced_cost_order(table, lp), amortised_cost(table)
@@ -294,9 +296,18 @@ def restricted_milp(table: RouteTable, lp: Solution, time_limit_s: float, k: int
     opened = pairs[guide.y[table.pv[pairs]] > 1e-9]
     opened = np.union1d(opened[_best_per_service(table.service[opened], score[opened], 2 * k)],
                         pairs[_best_per_service(table.service[pairs], amortised[pairs], 3 * k)])
-    keep = np.union1d(np.union1d(support, best), opened)
-    sub = table.subset(keep)
-    solution = GeoProblem(sub, integer=True).solve(time_limit_s, mip_rel_gap)
+    # and, in each of those (service, pool-version) pairs, its most accurate route: the cheapest route of a
+    # pair may miss the floor, and mixing in a little of a more accurate one (another data version on the
+    # same instances) meets the request-weighted mean without opening anything new
+    accurate = _best_per_pair(table, np.flatnonzero(table.pv >= 0), amortised - table.accuracy * 1e6)
+    stride = len(table.pv_pool) + 1
+    accurate = accurate[np.isin(table.service[accurate] * stride + table.pv[accurate],
+                                table.service[opened] * stride + table.pv[opened])]
+    keep = np.union1d(np.union1d(support, best), np.union1d(opened, accurate))
+    keep = keep[upper[keep] > 0]
+    problem = GeoProblem(table.subset(keep), integer=True)
+    problem.set_parameters(upper[keep])
+    solution = problem.solve(time_limit_s, mip_rel_gap)
     f = np.zeros(len(table))
     f[keep] = solution.f
     y = np.zeros(len(table.pv_pool))

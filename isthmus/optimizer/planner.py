@@ -159,13 +159,13 @@ class GeoPlanner:
     def _round(self, lp: Solution, t0: float) -> Solution:
         """Restricted MILP guided by the LP, then once more guided by its own incumbent; round-up as repair."""
         candidates = [c for c in [round_up(self.table, lp)] if c is not None]
-        guide = None
+        guide, upper = None, self._upper()
         for share in (0.6, 1.0):          # the first round may take 60% of the time left, the second the rest
             remaining = (self.time_limit_s - (time.perf_counter() - t0)) * share
             if remaining < 1.0:
                 break
             k = int(np.clip(RESTRICTED_ROUTES // (5 * max(len(self.spec.services), 1)), 2, RESTRICTED_K))
-            sub = restricted_milp(self.table, lp, remaining, k=k, guide=guide)
+            sub = restricted_milp(self.table, lp, upper, remaining, k=k, guide=guide)
             if sub.status not in ("optimal", "user_limit"):
                 break
             guide = Solution(sub.f, sub.y, "restricted_milp", sub.seconds, lp.bound)

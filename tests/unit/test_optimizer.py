@@ -305,3 +305,20 @@ def test_split_routes_follow_bandwidth_and_edge_capacity():
     assert wide.services[0].accuracy >= 0.75 - 1e-6
     load = sum(r.fraction * 30.0 * (0.04 if r.split == 3 else 0.025 if r.exit == 1 else 0.0) for r in wide.routes)
     assert load <= 1.0 + 1e-6
+
+
+def test_restricted_milp_never_uses_a_route_outside_its_bounds():
+    """The restricted MILP of lp-round sees the same ub_r as the LP: a route kept only as re-plan headroom
+    (latency over its SLO) or switched off by telemetry carries no flow, even when it is the cheapest."""
+    from isthmus.optimizer.generate import generate_spec
+    from isthmus.optimizer.geo import restricted_milp
+
+    planner = GeoPlanner(generate_spec(0, 4, 5), method="lp-round", time_limit_s=20)
+    upper = planner._upper()
+    planner.problem.set_parameters(upper)
+    chosen = restricted_milp(planner.table, planner.problem.solve(20), upper, 20).f > 0
+    upper[chosen] = 0.0                # as if telemetry pushed every route of that plan past its SLO
+    planner.problem.set_parameters(upper)
+    sub = restricted_milp(planner.table, planner.problem.solve(20), upper, 20)
+    assert sub.status == "optimal" and sub.f.sum() > 0
+    assert np.all(sub.f[upper == 0] == 0)
