@@ -18,6 +18,9 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).parent))
+from report_browser import find_chromium, render  # noqa: E402
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
@@ -133,3 +136,13 @@ def test_report_and_table(demo_run) -> None:
         assert key in fields
     for key in ("name", "slo_ms", "latency_ms_p50", "latency_ms_p99", "predicted_latency_ms", "accuracy"):
         assert key in fields["services"][0]
+
+
+def test_the_report_renders_in_headless_chromium(demo_run, tmp_path) -> None:
+    """The demo's own report.html: every plot decodes in the browser, has a plot-sized area, and is drawn."""
+    if find_chromium() is None:
+        pytest.skip("no chromium on PATH (.ci/run installs Debian's chromium; apt-get install chromium)")
+    seen = render(demo_run["out"] / "report.html", tmp_path)
+    assert seen["images"] == 3 and seen["decoded"] == 3, seen
+    assert all(w > 200 and h > 150 for _, _, w, h in seen["rects"]), seen["rects"]
+    assert all(0.03 < ink < 0.9 for ink in seen["ink"]), seen["ink"]
