@@ -89,7 +89,7 @@ def main() -> None:
     console = Console()
     console.print(table)
     console.print(summary)
-    RESULTS.write_text(json.dumps({"summary": summary, "rows": rows}, indent=2))
+    RESULTS.write_text(json.dumps({"config": vars(args), "summary": summary, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":
