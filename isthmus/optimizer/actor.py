@@ -9,22 +9,48 @@ its drift from the numbers the current plan was made with passes `drift_threshol
 Then `GeoPlanner.replan` re-solves its parameterised problem with every pending value, and
 `serve_app.rollout` moves the running Serve app to the new plan without dropping requests
 (new site apps first, then the ingress's weights in place, then old site apps retire).
+
+Besides pushed telemetry (`report`) the actor, when it runs in Ray, keeps a watch thread:
+
+- liveness, every `watch_interval_s`: a site is *lost* when its node (resource `region:<site>` /
+  `edge:<site>`) was alive and is no longer in `ray.nodes()`, or when its DeviceActor dies or
+  misses `suspect_after` probes in a row (each `probe_timeout_s`: Ray itself notices an
+  ungracefully lost node only after its ~15 s health check). A lost site's quota becomes 0
+  (max_count of its instance types, count of an edge site) and the planner re-solves through its
+  parameters (no rebuild); if no plan fits without it, the plan degrades to the surviving routes with
+  their fractions renormalised. Its apps leave the Serve config with the ingress switched first. A
+  site whose node and DeviceActor answer again gets its quota back.
+- pull, every `poll_interval_s` (off by default; `poll_once()` does one): each planned site's
+  DeviceActor reports Triton's measured p50 request latency and queue; the latency of version m on
+  device kind d is the median over sites of that p50 (Triton's own window) and goes in as
+  `latency_ms` telemetry, so the usual drift threshold decides whether to re-plan.
+
+State (spec as last re-planned, plan, plan version, Serve config, lost sites, pending telemetry and
+the report history) is written to Ray's internal KV after every change. The actor is created with
+`max_restarts=-1`: when Ray restarts it (its worker died or `ray.kill(..., no_restart=False)`), it
+comes back from that state instead of from its constructor arguments; handles held by callers
+stay valid, and the running Serve app stays attached (the next re-plan rolls out onto it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import statistics
 import threading
 import time
 from typing import Any
 
-from isthmus.spec import Plan, Spec
+from isthmus.spec import Plan, SolverInfo, Spec
 
-__all__ = ["OPTIMIZER_NAME", "OPTIMIZER_NAMESPACE", "OptimizerActor", "start_optimizer", "telemetry_drift"]
+__all__ = ["OPTIMIZER_NAME", "OPTIMIZER_NAMESPACE", "OptimizerActor", "start_optimizer", "telemetry_drift",
+           "measured_latency_ms", "with_lost_sites", "degraded_plan"]
 
 OPTIMIZER_NAME = "isthmus-optimizer"
 OPTIMIZER_NAMESPACE = "isthmus"
 _KINDS = ("rates_rps", "bandwidth_mbps", "latency_ms", "price_per_hour")
+_KV_NAMESPACE = "isthmus"
+_HISTORY_LIMIT = 500
 
 
 def _relative(new: float, old: float | None) -> float:
@@ -71,6 +97,75 @@ def _routing_signature(plan: Plan) -> list[tuple]:
                   for r in plan.routes if r.fraction > 0)
 
 
+def _site_devices(spec: Spec) -> dict[tuple[str, str], str]:
+    """(site, instance type) → device kind; an edge site's instance type is its device kind."""
+    out = {(r.name, t.name): t.device for r in spec.regions for t in r.instance_types}
+    out.update({(e.name, e.device): e.device for e in spec.edge_sites})
+    return out
+
+
+def measured_latency_ms(plan: Plan, spec: Spec, health: dict[str, dict]) -> dict[tuple[str, str, str], float]:
+    """`latency_ms` telemetry from DeviceActor health reports ({site: DeviceActor.health()}).
+
+    For each unsplit route (model m, version v) at site j on device kind d, Triton's p50 request
+    latency of model `triton_model_name(m, v)` at j is a sample of latency_ms(m, v, d); the value is
+    the median over the sites that served it (models with no request in Triton's window are skipped).
+    """
+    from isthmus.platform.serve_app import triton_model_name
+
+    models = {s.name: s.model for s in spec.services}
+    devices = _site_devices(spec)
+    samples: dict[tuple[str, str, str], dict[str, float]] = {}
+    for route in plan.routes:
+        report = health.get(route.site)
+        device = devices.get((route.site, route.instance_type))
+        if route.split is not None or route.fraction <= 0 or not report or device is None:
+            continue
+        model = models.get(route.service, "")
+        metrics = (report.get("models") or {}).get(triton_model_name(model, route.model_version)) or {}
+        if metrics.get("requests", 0) > 0 and metrics.get("latency_ms_p50", 0) > 0:
+            samples.setdefault((model, route.model_version, device), {})[route.site] = metrics["latency_ms_p50"]
+    return {key: float(statistics.median(by_site.values())) for key, by_site in samples.items()}
+
+
+def _quotas(spec: Spec) -> dict[str, dict[str, int]]:
+    """site → {instance type: max_count} (an edge site: {device: count})."""
+    out = {r.name: {t.name: t.max_count for t in r.instance_types} for r in spec.regions}
+    out.update({e.name: {e.device: e.count} for e in spec.edge_sites})
+    return out
+
+
+def with_lost_sites(spec: Spec, quotas: dict[str, dict[str, int]], lost: set[str]) -> Spec:
+    """A copy of `spec` whose lost sites have quota 0 and every other site its quota in `quotas`."""
+    data = spec.model_dump()
+    for region in data["regions"]:
+        for itype in region["instance_types"]:
+            itype["max_count"] = 0 if region["name"] in lost else quotas[region["name"]][itype["name"]]
+    for edge in data["edge_sites"]:
+        edge["count"] = 0 if edge["name"] in lost else quotas[edge["name"]][edge["device"]]
+    return Spec.model_validate(data)
+
+
+def degraded_plan(plan: Plan, lost: set[str]) -> Plan:
+    """`plan` without the routes and instances at `lost` sites, each service's fractions renormalised to 1.
+
+    The fallback when no plan meets every constraint without those sites: keep serving on what is left.
+    Raises ValueError when a service has no surviving route.
+    """
+    kept = [r for r in plan.routes if r.site not in lost and r.fraction > 0]
+    totals: dict[str, float] = {}
+    for route in kept:
+        totals[route.service] = totals.get(route.service, 0.0) + route.fraction
+    orphaned = sorted({r.service for r in plan.routes} - set(totals))
+    if orphaned:
+        raise ValueError(f"services {orphaned} have no route left after losing sites {sorted(lost)}. To fix: bring a "
+                         "site back or add capacity elsewhere")
+    routes = [r.model_copy(update={"fraction": r.fraction / totals[r.service]}) for r in kept]
+    solver = SolverInfo(method=plan.solver.method, status="degraded", seconds=0.0)
+    return plan.model_copy(update={"routes": routes, "solver": solver,
+                                   "instances": [i for i in plan.instances if i.site not in lost]})
+
+
 @contextlib.contextmanager
 def _plain_errors():
     """Re-raise SpecError (InfeasibleSpec) as ValueError with the same text: Ray cannot rebuild SpecError's
@@ -83,26 +178,106 @@ def _plain_errors():
         raise ValueError(str(err)) from None
 
 
+def _pending_to_json(pending: dict[str, dict]) -> list[list]:
+    return [[kind, list(key) if isinstance(key, tuple) else key, value]
+            for kind, values in pending.items() for key, value in values.items()]
+
+
+def _pending_from_json(rows: list[list]) -> dict[str, dict]:
+    pending: dict[str, dict] = {}
+    for kind, key, value in rows:
+        pending.setdefault(kind, {})[tuple(key) if isinstance(key, list) else key] = float(value)
+    return pending
+
+
 class _OptimizerActor:
-    """Holds Spec and Plan, takes telemetry, re-plans past a drift threshold and rolls the plan out."""
+    """Holds Spec and Plan, takes telemetry, watches site liveness, re-plans and rolls the plan out."""
 
     def __init__(self, spec: dict, plan: dict | None = None, *, serve_options: dict | None = None,
-                 drift_threshold: float = 0.2, method: str = "auto", time_limit_s: float = 30.0):
+                 drift_threshold: float = 0.2, method: str = "auto", time_limit_s: float = 30.0,
+                 ingress_resources: dict[str, float] | None = None, watch_interval_s: float | None = 1.0,
+                 probe_timeout_s: float = 2.0, suspect_after: int = 2, poll_interval_s: float | None = None,
+                 restore: bool = False):
         from isthmus.optimizer import GeoPlanner
         from isthmus.spec import parse_spec
 
         if drift_threshold < 0:
             raise ValueError(f"drift_threshold is {drift_threshold}. To fix: give a relative change >= 0, e.g. 0.2")
-        with _plain_errors():
-            self._planner = GeoPlanner(parse_spec(spec), method=method, time_limit_s=time_limit_s)
-            self._plan = Plan.model_validate(plan) if plan is not None else self._planner.solve()
+        for name, value in (("watch_interval_s", watch_interval_s), ("poll_interval_s", poll_interval_s)):
+            if value is not None and not 0.1 <= value <= 3600:
+                raise ValueError(f"{name} is {value}. To fix: give seconds in [0.1, 3600], or None to turn it off")
         self._serve_options = dict(serve_options or {})
+        self._ingress_resources = dict(ingress_resources or {})
         self._threshold = drift_threshold
-        self._pending: dict[str, dict] = {}
-        self._version = 0
-        self._config: dict | None = None
+        self._probe_timeout_s, self._suspect_after = probe_timeout_s, max(int(suspect_after), 1)
+        self._watch_interval_s, self._poll_interval_s = watch_interval_s, poll_interval_s
         self._lock = threading.Lock()
-        self._history: list[dict] = []
+        self._seen: set[str] = set()          # sites whose node was alive once: only these can be lost
+        self._devices: dict[str, Any] = {}    # site → DeviceActor handle found by name
+        self._misses: dict[str, int] = {}     # site → probes missed in a row
+        self._watch_error = ""
+        self._key = self._state_key()
+        state = self._load() if self._key and (restore or self._reconstructed()) else None
+        self.restored = state is not None
+        with _plain_errors():
+            if state is not None:
+                self._planner = GeoPlanner(Spec.model_validate(state["spec"]), method=method,
+                                           time_limit_s=time_limit_s)
+                self._plan = Plan.model_validate(state["plan"])
+            else:
+                self._planner = GeoPlanner(parse_spec(spec), method=method, time_limit_s=time_limit_s)
+                self._plan = Plan.model_validate(plan) if plan is not None else self._planner.solve()
+        if state is not None:
+            self._quotas = {site: dict(q) for site, q in state["quotas"].items()}
+            self._version, self._config = state["version"], state["config"]
+            self._pending, self._history = _pending_from_json(state["pending"]), state["history"]
+            self._lost, self._seen = set(state["lost"]), set(state["seen"])
+        else:
+            self._quotas = _quotas(self._planner.spec)
+            self._version, self._config, self._pending, self._history = 0, None, {}, []
+            self._lost = set()
+        self._persist()
+        self._stop = threading.Event()
+        if self._key and (watch_interval_s or poll_interval_s):
+            threading.Thread(target=self._watch_loop, name="optimizer-watch", daemon=True).start()
+
+    # ---------------------------------------------------------------- persistence
+    @staticmethod
+    def _state_key() -> str:
+        """KV key of this actor's state ("" outside a named Ray actor: nothing is persisted)."""
+        try:
+            import ray
+
+            if not ray.is_initialized():
+                return ""
+            context = ray.get_runtime_context()
+            name = context.get_actor_name()
+            return f"optimizer-state:{context.namespace}:{name}" if name else ""
+        except Exception:  # noqa: BLE001 - not in an actor
+            return ""
+
+    @staticmethod
+    def _reconstructed() -> bool:
+        import ray
+
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+
+    def _load(self) -> dict | None:
+        from ray.experimental import internal_kv
+
+        raw = internal_kv._internal_kv_get(self._key, namespace=_KV_NAMESPACE)
+        return json.loads(raw) if raw else None
+
+    def _persist(self) -> None:
+        if not self._key:
+            return
+        from ray.experimental import internal_kv
+
+        state = {"spec": self._planner.spec.model_dump(mode="json"), "plan": self.plan(), "version": self._version,
+                 "config": self._config, "pending": _pending_to_json(self._pending),
+                 "history": self._history[-_HISTORY_LIMIT:], "lost": sorted(self._lost), "seen": sorted(self._seen),
+                 "quotas": self._quotas}
+        internal_kv._internal_kv_put(self._key, json.dumps(state), overwrite=True, namespace=_KV_NAMESPACE)
 
     # ---------------------------------------------------------------- state
     def plan(self) -> dict:
@@ -119,14 +294,26 @@ class _OptimizerActor:
         return self._config
 
     def history(self) -> list[dict]:
-        """One entry per report: drift, whether it re-planned, seconds of re-plan and rollout steps."""
+        """One entry per report, poll or liveness change: what came in, drift, whether it re-planned, seconds."""
         return list(self._history)
+
+    def status(self) -> dict[str, Any]:
+        """{restored (came back from persisted state), lost_sites, plan_version, watch_error, pid}."""
+        import os
+
+        return {"restored": self.restored, "lost_sites": sorted(self._lost), "plan_version": self._version,
+                "watch_error": self._watch_error, "pid": os.getpid()}
 
     # ---------------------------------------------------------------- actions
     def _build_config(self) -> dict:
-        from isthmus.platform.serve_app import serve_config
+        from isthmus.platform.serve_app import INGRESS_APP, serve_config
 
-        return serve_config(self._plan, self._planner.spec, plan_version=self._version, **self._serve_options)
+        config = serve_config(self._plan, self._planner.spec, plan_version=self._version, **self._serve_options)
+        if self._ingress_resources:  # pin the ingress (e.g. to the head) so losing a region cannot take it along
+            for app in config["applications"]:
+                if app["name"] == INGRESS_APP:
+                    app["deployments"][0]["ray_actor_options"]["resources"] = dict(self._ingress_resources)
+        return config
 
     def deploy(self) -> dict[str, float]:
         """Deploy the current plan as the Serve app (first time) or re-apply it."""
@@ -135,32 +322,67 @@ class _OptimizerActor:
         with self._lock:
             config = self._build_config()
             seconds = rollout(self._config, config)
-            self._config = config
+            self._config = json.loads(json.dumps(config))   # as persisted, so a restored actor returns the same
+            self._persist()
             return seconds
+
+    def _rollout(self, config: dict) -> dict[str, float]:
+        """Roll out `config`; apps of lost sites leave at once with the new ingress (they can never become
+        RUNNING again, so `rollout` must not wait for them), the other steps as in `serve_app.rollout`."""
+        from isthmus.platform.serve_app import INGRESS_APP, rollout
+
+        old = self._config
+        lost_apps = {a["name"] for a in old["applications"]
+                     if a["name"] != INGRESS_APP and (a.get("args") or {}).get("site") in self._lost}
+        if lost_apps:
+            ingress = next(a for a in config["applications"] if a["name"] == INGRESS_APP)
+            old = dict(old, applications=[ingress, *(a for a in old["applications"]
+                                                      if a["name"] not in lost_apps and a["name"] != INGRESS_APP)])
+        return rollout(old, config)
 
     def report(self, telemetry: dict[str, Any], force: bool = False) -> dict[str, Any]:
         """Take telemetry ({kind: {key: value}}, kinds as in GeoPlanner.replan); re-plan and roll out on drift.
 
         Returns {drift, key, replanned, changed, plan_version, replan_s, rollout: {step: s}}.
         """
-        from isthmus.platform.serve_app import rollout
+        return self._update(telemetry, force=force, source="report")
 
+    def _update(self, telemetry: dict[str, Any], *, force: bool = False, lost: set[str] | None = None,
+                source: str = "report", extra: dict | None = None) -> dict[str, Any]:
+        """Merge telemetry (and a new set of lost sites); re-plan on drift, force or a liveness change."""
         with self._lock:
             start = time.monotonic()
+            incoming: dict[str, dict] = {}
+            _merge(incoming, telemetry)
             pending = {kind: dict(values) for kind, values in self._pending.items()}
-            _merge(pending, telemetry)
+            for kind, values in incoming.items():
+                pending.setdefault(kind, {}).update(values)
             drift, key = telemetry_drift(self._planner.spec, pending)
-            entry: dict[str, Any] = {"drift": drift, "key": key, "replanned": False, "changed": False,
-                                     "plan_version": self._version, "replan_s": 0.0, "rollout": {}}
+            entry: dict[str, Any] = {
+                "source": source, "at_unix": time.time(), "telemetry": _pending_to_json(incoming), "drift": drift, "key": key, "replanned": False, "changed": False,
+                "plan_version": self._version, "replan_s": 0.0, "rollout": {}, **(extra or {})}
             self._pending = pending
-            if force or drift > self._threshold:
+            liveness = lost is not None and lost != self._lost
+            if liveness:
+                entry.update(lost_sites=sorted(lost), returned_sites=sorted(self._lost - lost))
+                self._lost = set(lost)
+                self._planner.spec = with_lost_sites(self._planner.spec, self._quotas, self._lost)
+            if force or drift > self._threshold or liveness:
                 old = self._plan
                 try:
                     with _plain_errors():
                         self._plan = self._planner.replan(**pending)
+                except ValueError as err:
+                    if liveness:
+                        self._plan = degraded_plan(old, self._lost)   # serve on what is left
+                        entry["degraded"] = str(err)[:500]
+                    elif source == "report":
+                        raise
+                    else:   # pulled numbers no plan fits: keep serving the current plan, say why
+                        entry["error"] = str(err)[:500]
                 finally:  # bad telemetry (an unknown name) must not poison the next reports
                     self._pending = {}
-                entry.update(replanned=True, replan_s=time.monotonic() - start,
+                entry.update(replanned="error" not in entry, replan_s=time.monotonic() - start, replanned_at_unix=time.time(),
                              resolve=getattr(self._planner, "last_resolve_kind", ""),
                              cost_per_hour=self._plan.cost_per_hour)
                 if _routing_signature(old) != _routing_signature(self._plan):
@@ -168,18 +390,115 @@ class _OptimizerActor:
                     entry.update(changed=True, plan_version=self._version)
                     if self._config is not None:
                         config = self._build_config()
-                        entry["rollout"] = rollout(self._config, config)
-                        self._config = config
+                        entry["rollout"] = self._rollout(config)
+                        self._config = json.loads(json.dumps(config))
             entry["seconds"] = time.monotonic() - start
             self._history.append(entry)
+            del self._history[:-_HISTORY_LIMIT]
+            self._persist()
             return entry
+
+    # ---------------------------------------------------------------- liveness and pulled telemetry
+    def _device(self, site: str) -> Any:
+        """The site's DeviceActor handle (looked up by name; None when it has none)."""
+        import ray
+
+        from isthmus.platform.serve_app import DEVICE_NAMESPACE, device_actor_name
+
+        if site not in self._devices:
+            try:
+                self._devices[site] = ray.get_actor(device_actor_name(site), namespace=DEVICE_NAMESPACE)
+            except ValueError:
+                return None
+        return self._devices[site]
+
+    def _probe(self, sites: set[str]) -> set[str]:
+        """Sites whose DeviceActor is dead, gone, or missed `suspect_after` probes in a row."""
+        import ray
+
+        refs = {}
+        for site in sites:
+            known = site in self._devices or site in self._lost
+            device = self._device(site)
+            if device is None:
+                if known:   # it had one, and the name is gone: dead
+                    self._misses[site] = self._suspect_after
+                continue
+            refs[site] = device.node_id.remote()
+        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=self._probe_timeout_s) if refs \
+            else ([], [])
+        for site, ref in refs.items():
+            if ref not in ready:
+                self._misses[site] = self._misses.get(site, 0) + 1
+                continue
+            try:
+                ray.get(ref, timeout=0)
+                self._misses[site] = 0
+            except ray.exceptions.RayActorError:
+                self._misses[site] = self._suspect_after
+                self._devices.pop(site, None)   # a new DeviceActor may register under the name later
+        return {site for site in sites if self._misses.get(site, 0) >= self._suspect_after}
+
+    def check_sites(self) -> dict[str, Any]:
+        """One liveness check (the watch thread runs it every `watch_interval_s`); re-plans when the set of
+        lost sites changes. Returns {lost_sites, entry (the history entry, or None)}."""
+        import ray
+
+        from isthmus.platform.cluster import node_sites, site_resources
+
+        resources = site_resources(self._planner.spec)
+        alive = node_sites(ray.nodes())
+        seen = {site for site, resource in resources.items() if resource in alive} - self._seen
+        if seen:
+            with self._lock:
+                self._seen |= seen
+                self._persist()
+        lost = {site for site in self._seen if resources.get(site) not in alive}
+        lost |= self._probe(self._seen - lost)
+        entry = self._update({}, lost=lost, source="liveness") if lost != self._lost else None
+        return {"lost_sites": sorted(self._lost), "entry": entry}
+
+    def poll_once(self) -> dict[str, Any]:
+        """Pull each planned site's DeviceActor `health()` (timeout `probe_timeout_s`·2); report the measured
+        latencies as `latency_ms` telemetry (re-planning past the threshold). Returns the history entry with
+        `measured` ({"model/version/device": ms}) and `queue` ({site: pending requests}); when no plan fits
+        the measured numbers, the current plan stays and the entry's `error` says why."""
+        import ray
+
+        sites = {r.site for r in self._plan.routes if r.fraction > 0} - self._lost
+        refs = {site: device.health.remote() for site in sites if (device := self._device(site)) is not None}
+        health: dict[str, dict] = {}
+        for site, ref in refs.items():
+            try:
+                health[site] = ray.get(ref, timeout=2 * self._probe_timeout_s)
+            except Exception:  # noqa: BLE001 - liveness is the watch's job; skip this sample
+                continue
+        measured = measured_latency_ms(self._plan, self._planner.spec, health)
+        extra = {"measured": {"/".join(k): round(v, 3) for k, v in measured.items()},
+                 "queue": {site: h.get("queue", 0) for site, h in health.items()}}
+        return self._update({"latency_ms": measured}, source="poll", extra=extra)
+
+    def _watch_loop(self) -> None:
+        next_poll = time.monotonic() + (self._poll_interval_s or 0)
+        interval = min(x for x in (self._watch_interval_s, self._poll_interval_s) if x)
+        while not self._stop.wait(interval):
+            try:
+                if self._watch_interval_s:
+                    self.check_sites()
+                if self._poll_interval_s and time.monotonic() >= next_poll:
+                    next_poll = time.monotonic() + self._poll_interval_s
+                    self.poll_once()
+                self._watch_error = ""
+            except Exception as err:  # noqa: BLE001 - keep watching; status() shows the last error
+                self._watch_error = f"{type(err).__name__}: {str(err)[:300]}"
 
 
 def OptimizerActor():  # noqa: N802 - returns the Ray actor class, built lazily so importing needs no Ray
-    """The Ray actor class (num_cpus 0, threaded so state reads never wait behind a rollout)."""
+    """The Ray actor class (num_cpus 0, threaded so state reads never wait behind a rollout; restarted by Ray
+    from its persisted state, calls in flight retried)."""
     import ray
 
-    return ray.remote(num_cpus=0, max_concurrency=4)(_OptimizerActor)
+    return ray.remote(num_cpus=0, max_concurrency=4, max_restarts=-1, max_task_retries=3)(_OptimizerActor)
 
 
 def start_optimizer(spec: Spec, plan: Plan | None = None, *, name: str = OPTIMIZER_NAME,

@@ -50,11 +50,13 @@ def missing_sites(spec: Spec, nodes: Iterable[dict[str, Any]]) -> list[str]:
 
 
 def start_local_cluster(spec: Spec, num_cpus_per_node: int = 1, object_store_bytes: int = _OBJECT_STORE_BYTES,
-                        connect_driver: bool = True, namespace: str = "isthmus"):
+                        connect_driver: bool = True, namespace: str = "isthmus", dashboard_port: int | None = None):
     """Start `ray.cluster_utils.Cluster`: a head (resource `isthmus:head`) and one node per site.
 
     Returns the Cluster (its `.address` is the GCS address; `.shutdown()` stops every node).
     With `connect_driver`, this process is connected to it (`ray.init(address=..., namespace=...)`).
+    With `dashboard_port`, the head runs Ray's dashboard on 127.0.0.1:<port> (the REST API that
+    `serve deploy -a http://127.0.0.1:<port>` talks to); without it, no dashboard (lighter).
     """
     if not spec.regions and not spec.edge_sites:
         raise ClusterError(f"spec {spec.name!r} has no regions and no edge sites, so there is no node to start. "
@@ -63,7 +65,10 @@ def start_local_cluster(spec: Spec, num_cpus_per_node: int = 1, object_store_byt
     from ray.cluster_utils import Cluster
 
     common = {"num_cpus": num_cpus_per_node, "object_store_memory": object_store_bytes}
-    head_args = {**common, "include_dashboard": False, "resources": {"isthmus:head": 1.0}, "_system_config": _LIGHT}
+    head_args = {**common, "include_dashboard": dashboard_port is not None, "resources": {"isthmus:head": 1.0},
+                 "_system_config": _LIGHT}
+    if dashboard_port is not None:
+        head_args.update(dashboard_host="127.0.0.1", dashboard_port=dashboard_port)
     for attempt in range(3):      # Ray gives a head 30 s to register (fixed); a loaded machine can miss that
         try:
             cluster = Cluster(initialize_head=True, head_node_args=head_args)

@@ -5,7 +5,9 @@ Layout (one Serve *application* per box, so a re-plan adds or retires a site wit
     isthmus-ingress  (route "/", HTTP JSON and Serve gRPC `isthmus.v1.Inference/Infer`)
         └─ picks a route per request: smooth weighted round-robin over the service's routes with
            weights = plan fractions, so after n requests each route r has served n·x_r ± 1
-           (retries go to the next route of the service when a site fails)
+           (retries go to the next route of the service when a site fails or does not answer within
+           the attempt timeout max(attempt_timeout_s, 4·L_r): a lost node is noticed in seconds, not
+           after Ray's ~15 s node health check)
     isthmus-site-<site>-<model>-<version>   one per (site, model version) of the plan
         └─ SiteModel, pinned with ray_actor_options={"resources": {"region:<site>": 0.01}}
            (edge sites: "edge:<site>"), calls its node's Triton over gRPC (tritonclient.grpc.aio)
@@ -23,6 +25,7 @@ optional. Reply: `{"output", "prediction", "site", "model_version", "node_id", "
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from typing import Any, Iterable
@@ -35,13 +38,15 @@ from isthmus.spec import Plan, Spec
 __all__ = [
     "INGRESS_APP", "RouteEntry", "RoutingTable", "WeightedRouter", "route_groups", "routing_table", "site_app_name",
     "triton_model_name", "site_resource", "serve_config", "apply_serve_config", "rollout", "ingress_app",
-    "site_app", "add_InferenceServicer_to_server", "device_actor_name", "DEVICE_NAMESPACE",
+    "site_app", "add_InferenceServicer_to_server", "device_actor_name", "DEVICE_NAMESPACE", "GRPC_SERVICER",
 ]
 
 INGRESS_APP = "isthmus-ingress"
 DEVICE_NAMESPACE = "isthmus"
 _SITE_PREFIX = "isthmus-site-"
-_GRPC_SERVICER = "isthmus.platform.serve_app.add_InferenceServicer_to_server"
+_ATTEMPT_TIMEOUT_S = 3.0
+# `grpc_servicer_functions` entry for Serve's gRPC proxy: isthmus.v1.Inference with requests passed on as bytes
+GRPC_SERVICER = "isthmus.platform.serve_app.add_InferenceServicer_to_server"
 
 
 class RouteEntry(BaseModel):
@@ -184,14 +189,20 @@ class WeightedRouter:
 def serve_config(plan: Plan, spec: Spec | None = None, *, triton_urls: dict[str, str] | None = None,
                  http_port: int = 8000, grpc_port: int = 9000, tracing: dict[str, Any] | None = None,
                  plan_version: int = 0, keep_apps: Iterable[dict] = (), ingress_replicas: int = 1,
-                 edge_sites: Iterable[str] = ()) -> dict:
+                 edge_sites: Iterable[str] = (), ingress_resources: dict[str, float] | None = None,
+                 attempt_timeout_s: float = _ATTEMPT_TIMEOUT_S) -> dict:
     """The Serve deploy config (a `ServeDeploySchema` dict) that runs `plan`.
 
     Site apps are pinned by resource `region:<site>` / `edge:<site>` (0.01 of the node's unit, num_cpus 0).
     `triton_urls` maps site → Triton gRPC address; a missing site resolves at start-up through its
     DeviceActor (`device_actor_name(site)`). `keep_apps` are extra site app configs to keep running.
     Without `spec`, sites in `edge_sites` are pinned as `edge:<site>`, all others as `region:<site>`.
+    `ingress_resources` pins the ingress (e.g. `{"isthmus:head": 0.01}`, so losing a region cannot take it
+    along); `attempt_timeout_s` is the ingress's floor of the per-attempt timeout max(attempt_timeout_s, 4·L_r).
     """
+    if attempt_timeout_s <= 0:
+        raise ValueError(f"attempt_timeout_s is {attempt_timeout_s}. To fix: give a positive number of seconds, "
+                         f"e.g. {_ATTEMPT_TIMEOUT_S}")
     from isthmus.platform.tracing import TracingConfig
 
     table = routing_table(plan, spec, plan_version)
@@ -216,14 +227,15 @@ def serve_config(plan: Plan, spec: Spec | None = None, *, triton_urls: dict[str,
     ingress = {
         "name": INGRESS_APP, "route_prefix": "/",
         "import_path": "isthmus.platform.serve_app:ingress_app",
-        "args": {"tracing": tracing or {}},
+        "args": {"tracing": tracing or {}, "attempt_timeout_s": attempt_timeout_s},
         "deployments": [{"name": "Ingress", "num_replicas": ingress_replicas, "max_ongoing_requests": 256,
                          "user_config": table.model_dump(mode="json"),
-                         "ray_actor_options": {"num_cpus": 0}}],
+                         "ray_actor_options": {"num_cpus": 0, **({"resources": dict(ingress_resources)}
+                                                                  if ingress_resources else {})}}],
     }
     return {"proxy_location": "HeadOnly",
             "http_options": {"host": "127.0.0.1", "port": http_port},
-            "grpc_options": {"port": grpc_port, "grpc_servicer_functions": [_GRPC_SERVICER]},
+            "grpc_options": {"port": grpc_port, "grpc_servicer_functions": [GRPC_SERVICER]},
             "applications": [ingress, *sorted(site_apps.values(), key=lambda a: a["name"])]}
 
 
@@ -448,10 +460,11 @@ class _BadRequest(ValueError):
 class _Ingress:
     """Routes each request to a site deployment by the plan's fractions; retries another site on failure."""
 
-    def __init__(self, tracing: dict | None = None):
+    def __init__(self, tracing: dict | None = None, attempt_timeout_s: float = _ATTEMPT_TIMEOUT_S):
         from isthmus.platform.tracing import setup_tracing
 
         setup_tracing(tracing, "ingress")
+        self._attempt_timeout_s = float(attempt_timeout_s)
         self._table = RoutingTable()
         self._groups: dict[tuple, tuple[list[RouteEntry], WeightedRouter]] = {}
         self._handles: dict[str, Any] = {}
@@ -506,11 +519,16 @@ class _Ingress:
                     span.set_attributes({"isthmus.site": entry.site, "isthmus.model_version": entry.version,
                                          "isthmus.predicted_latency_ms": entry.latency_ms,
                                          "isthmus.attempts": attempts})
+                response = None
                 try:
-                    reply = await self._handle(entry.app).remote(
+                    response = self._handle(entry.app).remote(
                         {"array": array, "triton_model": entry.triton_model, "carrier": inject_traceparent()})
+                    reply = await asyncio.wait_for(_awaited(response),
+                                                   max(self._attempt_timeout_s, 4 * entry.latency_ms / 1000))
                     break
-                except Exception as err:  # noqa: BLE001 - a failed site: try the next route of the service
+                except Exception as err:  # noqa: BLE001 - a failed or silent site: try the next route of the service
+                    if isinstance(err, asyncio.TimeoutError) and response is not None:
+                        response.cancel()
                     errors.append(f"{entry.site}: {type(err).__name__}: {str(err)[:200]}")
                     self._metrics.observe(entry.site, entry.version, (time.perf_counter() - start) * 1000,
                                           int(array.shape[0]), False)
@@ -576,6 +594,11 @@ class _Ingress:
         return pb.ProbeReply(received_bytes=len(pb.ProbeRequest.FromString(request).payload))
 
 
+async def _awaited(response: Any) -> Any:
+    """A DeploymentResponse as a coroutine (for asyncio.wait_for)."""
+    return await response
+
+
 def _proto_decode_error() -> type:
     from google.protobuf.message import DecodeError
 
@@ -630,7 +653,8 @@ def _deployments():
 def ingress_app(args: dict):
     """Serve application builder of the ingress (import path `isthmus.platform.serve_app:ingress_app`)."""
     ingress, _ = _deployments()
-    return ingress.bind(tracing=args.get("tracing") or None)
+    return ingress.bind(tracing=args.get("tracing") or None,
+                        attempt_timeout_s=float(args.get("attempt_timeout_s") or _ATTEMPT_TIMEOUT_S))
 
 
 def site_app(args: dict):
