@@ -24,11 +24,11 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _graph(model: str, size: str):  # -> OpGraph
+def _graph(model: str, size: str, batch: int = 1):  # -> OpGraph
     from isthmus.placement.graph import from_zoo
 
     try:
-        return from_zoo(model, size=size)
+        return from_zoo(model, size=size, batch=batch)
     except ValueError as err:
         _fail(str(err))
 
@@ -39,6 +39,8 @@ def place(
     link: Optional[str] = typer.Option(None, "--link", help="Override the link between devices: pcie, nvlink, "
                                        "network."),
     size: str = typer.Option("full", "--size", help="Model size: full or small."),
+    batch_size: int = typer.Option(1, "--batch-size", help="Requests per forward pass (ops are measured on this "
+                                   "CPU at that batch; e.g. 8 for a dynamically batched server)."),
     episodes: int = typer.Option(150, "--episodes", help="REINFORCE steps of the learned policy."),
     seed: int = typer.Option(0, "--seed", help="Seed of the learned policy."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
@@ -54,7 +56,7 @@ def place(
         device_set = parse_devices(devices, link)
     except ValueError as err:
         _fail(str(err))
-    graph = _graph(model, size)
+    graph = _graph(model, size, batch_size)
     try:
         report = compare_policies(graph, device_set, devices, episodes=episodes, seed=seed)
     except ValueError as err:
@@ -66,7 +68,9 @@ def place(
     from rich.table import Table
 
     single = report.policies["single"]
-    table = Table(title=f"{model} on {devices} ({graph.n} ops, lower bound {report.lower_bound_ms:.3f} ms)")
+    table = Table(title=f"{model} on {devices}, batch {graph.batch} ({graph.n} ops, lower bound "
+                        f"{report.lower_bound_ms:.3f} ms; T1/T∞ {report.parallelism:.2f}, heavy-op width "
+                        f"{report.branch_width}, speed-up bound {report.speedup_bound:.2f}x)")
     for col in ("policy", "makespan ms", "speed-up vs single", "search s"):
         table.add_column(col, justify="left" if col == "policy" else "right")
     for name, span in report.policies.items():

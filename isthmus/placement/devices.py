@@ -5,7 +5,8 @@ link per ordered pair (latency_ms, bandwidth_gbps). A tensor of `b` bytes crosse
 `latency_ms + b / (bandwidth_gbps · 1e6)` ms (GB/s = 1e6 bytes/ms).
 
 GPU op latencies are the host CPU's measured ones scaled by the roofline (see `graph`), divided
-by `util`: a batch-1 op reaches about 30% of a GPU's roofline but about all of a CPU's.
+by `util`: a GPU op reaches about 30% of a GPU's roofline (kept at every batch size: optimistic
+for transfers at large batches) but about all of a CPU's.
 
 `KINDS` holds public specs of GPU kinds (FP32 TFLOPS, memory bandwidth, memory) and the
 hourly price per GPU AutoDeep's table gives; "cpu" is this machine, measured once per process.
@@ -17,12 +18,13 @@ import functools
 import re
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
 from isthmus.spec import Device
 
-__all__ = ["DeviceKind", "KINDS", "LINKS", "DeviceSet", "parse_devices", "host_kind", "kind_from_spec"]
+__all__ = ["DeviceKind", "KINDS", "LINKS", "DeviceSet", "parse_devices", "host_kind", "kind_from_spec", "cpu_clock"]
 
 
 @dataclass(frozen=True)
@@ -61,9 +63,16 @@ LINKS: dict[str, tuple[float, float]] = {
 }
 
 
+def cpu_clock(threads: int) -> Callable[[], float]:
+    """The clock host measurements use: with one torch thread, this thread's CPU time (`time.thread_time`), so the
+    time other processes take from a shared machine's cores is not counted; with more threads, wall time."""
+    return time.thread_time if threads == 1 else time.perf_counter
+
+
 def _measure_gflops(threads: int) -> float:
     import torch
 
+    clock = cpu_clock(threads)
     torch.set_num_threads(threads)
     a = torch.randn(384, 384)
     b = torch.randn(384, 384)
@@ -71,25 +80,26 @@ def _measure_gflops(threads: int) -> float:
         a @ b
     best = float("inf")
     for _ in range(7):
-        t0 = time.perf_counter()
+        t0 = clock()
         for _ in range(4):
             a @ b
-        best = min(best, (time.perf_counter() - t0) / 4)
+        best = min(best, (clock() - t0) / 4)
     return 2 * 384**3 / best / 1e9
 
 
 def _measure_mem_bw_gbps(threads: int) -> float:
     import torch
 
+    clock = cpu_clock(threads)
     torch.set_num_threads(threads)
     x = torch.randn(8 * 1024 * 1024)  # 32 MB, well past the last-level cache
     y = torch.empty_like(x)
     y.copy_(x)
     best = float("inf")
     for _ in range(5):
-        t0 = time.perf_counter()
+        t0 = clock()
         y.copy_(x)
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, clock() - t0)
     return 2 * x.numel() * 4 / best / 1e9
 
 

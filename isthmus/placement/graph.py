@@ -4,12 +4,15 @@ Each op i carries FLOPs `flops[i]`, parameter bytes, bytes read (`in_bytes`) and
 (`out_bytes`), and `host_ms[i]`, its latency measured on this machine's CPU. Its latency on a
 device kind k is the roofline scaling of the measurement:
 
-    t_k(i) = roof_k(i) / (util_k · e_i) + launch_k,   roof_k(i) = max(F_i / P_k, B_i / W_k),
-    e_i = clip(roof_h(i) / host_ms(i), 0.05, 1)
+    t_k(i) = max(F_i / (P_k · e_i), B_i / W_k) / util_k + launch_k,   e_i = clip(F_i / P_h / host_ms(i), 0.05, 1)
 
-with F_i FLOPs, B_i = in + out + param bytes, P peak FLOP/s, W memory bandwidth, h the host CPU:
-the op's measured efficiency on the host carries over (= host_ms · roof_k / roof_h when e_i is in
-range; the clip keeps a measurement spoiled by a busy machine from inflating GPU times).
+with F_i FLOPs, B_i = in + out + param bytes, P peak FLOP/s, W memory bandwidth, h the host CPU.
+The op's measured compute efficiency e_i on the host carries over to the compute term (small or
+oddly shaped convolutions are inefficient everywhere; the clip keeps a measurement spoiled by a busy
+machine from inflating GPU times); memory traffic streams at util · W on any device. (Scaling the
+memory term by e_i too, as session 1 did, charged a GPU for the host's slow NCHW max-pool kernel:
+a V100 max-pool over a 3 MB tensor cost 0.3 ms, ~25x its streaming time, and serialised the stem.)
+An op graph is measured at one batch size (`batch`); FLOPs and activation bytes are per batch.
 Ops are timed in place, during whole forward passes, with one thread by default.
 """
 
@@ -24,7 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from isthmus.placement.devices import DeviceKind, DeviceSet, host_kind
+from isthmus.placement.devices import DeviceKind, DeviceSet, cpu_clock, host_kind
 from isthmus.profiler.core import _nbytes as _tensor_bytes  # tensor / tuple sizes, shared with the profiler
 from isthmus.profiler.core import _numel
 
@@ -53,6 +56,7 @@ class OpGraph:
     host: DeviceKind
     measured_ms: float | None = None  # whole-model latency measured on the host (same threads)
     threads: int | None = None
+    batch: int = 1  # requests per forward pass the ops were measured at
     preds: list[list[int]] = field(init=False, repr=False)
     succs: list[list[int]] = field(init=False, repr=False)
 
@@ -90,18 +94,49 @@ class OpGraph:
         if kind.name == self.host.name:
             return self.host_ms.copy()
         moved = self.in_bytes + self.out_bytes + self.param_bytes
-        host_roof = np.maximum(self.flops / (self.host.tflops * 1e9), moved / (self.host.mem_bw_gbps * 1e6))
-        kind_roof = np.maximum(self.flops / (kind.tflops * 1e9), moved / (kind.mem_bw_gbps * 1e6))
-        efficiency = np.clip(host_roof / np.maximum(self.host_ms, 1e-9), 0.05, 1.0)
-        return kind_roof / (kind.util * efficiency) + kind.launch_ms
+        host_compute_ms = self.flops / (self.host.tflops * 1e9)
+        efficiency = np.clip(host_compute_ms / np.maximum(self.host_ms, 1e-9), 0.05, 1.0)
+        compute_ms = self.flops / (kind.tflops * 1e9 * efficiency)
+        return np.maximum(compute_ms, moved / (kind.mem_bw_gbps * 1e6)) / kind.util + kind.launch_ms
 
-    def has_parallel_branches(self) -> bool:
-        """True when two ops could run at once (some op has two successors that do not depend on each other)."""
-        if sum(1 for p in self.preds if not p) > 1:  # two ops read the request's input
-            return True
+    def span_ms(self, weights: np.ndarray) -> float:
+        """T∞: the longest path through the DAG with op i weighing `weights[i]` (free communication)."""
+        finish = np.zeros(self.n)
+        for i in range(self.n):
+            finish[i] = weights[i] + max((finish[p] for p in self.preds[i]), default=0.0)
+        return float(finish.max(initial=0.0))
+
+    def parallelism(self, weights: np.ndarray | None = None) -> float:
+        """Work over span, T1 / T∞ (default weights: the measured host latencies). No placement on any number
+        of devices beats the single device by more than this (Brent: makespan ≥ T∞; single = T1)."""
+        w = self.host_ms if weights is None else np.asarray(weights, dtype=float)
+        return float(w.sum()) / max(self.span_ms(w), 1e-12)
+
+    def branch_width(self, min_share: float = 0.02, weights: np.ndarray | None = None) -> int:
+        """Width of the DAG in compute-heavy ops: the largest set of ops, each with ≥ `min_share` of the work,
+        no two of which depend on each other (max antichain = heavy ops - max matching of the reachability
+        bipartite graph, Dilworth / Fulkerson)."""
+        w = self.host_ms if weights is None else np.asarray(weights, dtype=float)
+        heavy = [i for i in range(self.n) if w[i] >= min_share * w.sum()]
         reach = self._descendants()
-        return any(len(s) > 1 and any(b not in reach[a] and a not in reach[b] for a in s for b in s if a < b)
-                   for s in self.succs)
+        match: dict[int, int] = {}
+
+        def augment(u: int, seen: set[int]) -> bool:
+            for v in heavy:
+                if v in reach[u] and v not in seen:
+                    seen.add(v)
+                    if v not in match or augment(match[v], seen):
+                        match[v] = u
+                        return True
+            return False
+
+        return len(heavy) - sum(augment(u, set()) for u in heavy)
+
+    def has_parallel_branches(self, min_parallelism: float = 1.25) -> bool:
+        """True when the DAG has parallel compute branches: T1 / T∞ ≥ `min_parallelism` on the measured host
+        latencies (by default at least 20% of the work lies off the critical path). A residual block's identity
+        or 1x1 shortcut does not count: it is off the path but carries almost no work."""
+        return self.parallelism() >= min_parallelism
 
     def _descendants(self) -> list[set[int]]:
         reach: list[set[int]] = [set() for _ in range(self.n)]
@@ -150,7 +185,7 @@ def coarsen(graph: OpGraph) -> OpGraph:
         flops=total(graph.flops), param_bytes=total(graph.param_bytes),
         in_bytes=[float(graph.in_bytes[r]) for r in roots], out_bytes=[float(graph.out_bytes[last[r]]) for r in roots],
         host_ms=total(graph.host_ms), edges=sorted(edges), input_bytes=graph.input_bytes, host=graph.host,
-        measured_ms=graph.measured_ms, threads=graph.threads)
+        measured_ms=graph.measured_ms, threads=graph.threads, batch=graph.batch)
 
 
 # A fixed, made-up host for synthetic graphs, so they need no measurement.
@@ -228,15 +263,26 @@ def _kind_name(node: Any, gm: Any) -> str:
 
 
 _MARKS: list[float] = []
+_CLOCK: list[Callable[[], float]] = [time.perf_counter]  # set by `from_module` (see `cpu_clock`)
 
 
 def _mark() -> None:
-    _MARKS.append(time.perf_counter())
+    _MARKS.append(_CLOCK[0]())
+
+
+def _mark_cost_ms() -> float:
+    """Time one `_mark()` call adds to the interval it closes (median of a burst), subtracted from per-op times."""
+    _MARKS.clear()
+    for _ in range(200):
+        _mark()
+    cost = float(np.median(np.diff(_MARKS))) * 1e3
+    _MARKS.clear()
+    return cost
 
 
 def _with_marks(gm: Any) -> Any:
     """A copy of `gm` that calls `_mark()` after every call node: op i's in-place latency is
-    mark_i - mark_{i-1} (~0.1 µs of overhead per op, unlike an fx Interpreter's ~20 µs)."""
+    mark_i - mark_{i-1} minus one mark's cost (~0.1-3 µs per op, unlike an fx Interpreter's ~20 µs)."""
     import copy
 
     from torch.fx import GraphModule
@@ -286,16 +332,22 @@ def _fx_graph(module: Any, example: Any, name: str, repeats: int, host: DeviceKi
         outs.append(_tensor_bytes(env[n.name]))
 
     timed = _with_marks(gm)
+    overhead_ms = _mark_cost_ms()
 
     def timed_pass() -> list[float]:
         _MARKS.clear()
         _mark()
         timed(example)
-        return (np.diff(_MARKS) * 1e3).tolist()
+        return (np.diff(_MARKS) * 1e3 - overhead_ms).tolist()
 
     host_ms, measured = _time_ops(timed_pass, lambda: gm(example), repeats)
     return OpGraph(name, ops, kinds, flops, params, ins, outs, host_ms, edges, _tensor_bytes(example), host,
-                   measured_ms=measured, threads=torch.get_num_threads())
+                   measured_ms=measured, threads=torch.get_num_threads(), batch=_batch_of(example))
+
+
+def _batch_of(example: Any) -> int:
+    shape = getattr(example, "shape", None)
+    return int(shape[0]) if shape else 1
 
 
 def _chain_graph(module: Any, example: Any, name: str, repeats: int, host: DeviceKind) -> OpGraph:
@@ -315,51 +367,55 @@ def _chain_graph(module: Any, example: Any, name: str, repeats: int, host: Devic
             outs.append(_tensor_bytes(y))
             x = y[0] if isinstance(y, tuple) else y
 
+    clock = _CLOCK[0]
+
     def timed_pass() -> list[float]:
         times, h = [], example
         for layer in module.layers:
-            t0 = time.perf_counter()
+            t0 = clock()
             h = layer(h)
-            times.append((time.perf_counter() - t0) * 1e3)
+            times.append((clock() - t0) * 1e3)
             h = h[0] if isinstance(h, tuple) else h
         return times
 
     host_ms, measured = _time_ops(timed_pass, lambda: module(example), repeats)
     edges = [(i, i + 1) for i in range(len(ops) - 1)]
     return OpGraph(name, ops, kinds, flops, params, ins, outs, host_ms, edges, _tensor_bytes(example), host,
-                   measured_ms=measured, threads=torch.get_num_threads())
+                   measured_ms=measured, threads=torch.get_num_threads(), batch=_batch_of(example))
 
 
 def _time_ops(timed_pass: Callable[[], list[float]], whole: Callable[[], Any],
               repeats: int) -> tuple[list[float], float]:
     """Per-op latency (each op timed in place during a full pass) and whole-model latency, in interleaved
-    rounds so both see the same load. On a shared machine the noise is right-skewed (preemption), so
-    both are best-of-rounds: the whole model's fastest run, and per-op medians rescaled to sum to the
-    fastest instrumented pass."""
+    rounds so both see the same load, on `_CLOCK` (single-threaded: CPU time, blind to preemption). The
+    remaining noise is right-skewed (caches shared with other processes), so both are best-of-rounds: the
+    whole model's fastest run, and per-op medians rescaled to sum to the fastest instrumented pass."""
     import torch
 
+    clock = _CLOCK[0]
     with torch.no_grad():
         whole()
         per_op, totals = [], []
         for _ in range(repeats):
-            t0 = time.perf_counter()
+            t0 = clock()
             whole()
-            totals.append((time.perf_counter() - t0) * 1e3)
+            totals.append((clock() - t0) * 1e3)
             per_op.append(timed_pass())
     passes = np.array(per_op)
-    medians = np.median(passes, axis=0)
+    medians = np.maximum(np.median(passes, axis=0), 0.0)  # an op cheaper than a mark can come out negative
     scale = float(passes.sum(axis=1).min()) / max(float(medians.sum()), 1e-12)
     return (medians * scale).tolist(), min(totals)
 
 
 def from_module(module: Any, example: Any, name: str = "model", repeats: int = 5, threads: int = 1) -> OpGraph:
     """Op graph of a torch module: torch.fx when it traces, else its `layers` chain; ops and the whole model
-    timed on this CPU with `threads` torch threads."""
+    timed on this CPU with `threads` torch threads (one thread: on its CPU-time clock, see `cpu_clock`)."""
     import torch
 
     module.eval()
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
+    _CLOCK[0] = cpu_clock(threads)
     try:
         host = host_kind(threads)
         try:
@@ -371,6 +427,7 @@ def from_module(module: Any, example: Any, name: str = "model", repeats: int = 5
             return _chain_graph(module, example, name, repeats, host)
     finally:
         torch.set_num_threads(before)
+        _CLOCK[0] = time.perf_counter
 
 
 def _cache_dir() -> Path:
@@ -378,25 +435,27 @@ def _cache_dir() -> Path:
 
 
 def from_zoo(name: str, size: str = "full", repeats: int = 5, cache: bool = True, fuse: bool = True,
-             threads: int = 1) -> OpGraph:
-    """Op graph of a zoo model (`isthmus.models.build`), measured once per (model, size, threads) and cached
-    under $ISTHMUS_CACHE/placement; `fuse` applies `coarsen`."""
+             threads: int = 1, batch: int = 1) -> OpGraph:
+    """Op graph of a zoo model (`isthmus.models.build`) on an input of `batch` requests, measured once per
+    (model, size, threads, batch) and cached under $ISTHMUS_CACHE/placement; `fuse` applies `coarsen`."""
     from isthmus.models import ZOO_NAMES, build, example_input
 
     if name not in ZOO_NAMES:
         raise ValueError(f"model: unknown zoo model {name!r}. To fix: use one of {list(ZOO_NAMES)}")
     if size not in ("full", "small"):
         raise ValueError(f"size: {size!r}. To fix: use 'full' or 'small'")
+    if not 1 <= batch <= 1024:
+        raise ValueError(f"batch size: {batch} must be 1..1024. To fix: pass a serving batch such as 8")
     import hashlib
 
     import isthmus.models.zoo as zoo
 
     code = hashlib.sha256(Path(zoo.__file__).read_bytes()).hexdigest()[:10]  # a changed zoo is re-measured
-    path = _cache_dir() / f"{name}-{size}-t{threads}-{code}.json"
+    path = _cache_dir() / f"{name}-{size}-t{threads}-b{batch}-{code}.json"
     if cache and path.exists():
         graph = OpGraph.from_json(path.read_text())
     else:
-        graph = from_module(build(name, size), example_input(name, size), name=name, repeats=repeats,
+        graph = from_module(build(name, size), example_input(name, size, batch=batch), name=name, repeats=repeats,
                             threads=threads)
         if cache:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,12 @@ __all__ = ["PolicyReport", "compare_policies", "best_heuristic", "fill_spec"]
 
 @dataclass
 class PolicyReport:
-    """Makespans (ms, one simulator) and search seconds of every policy; `placement` is the learned one."""
+    """Makespans (ms, one simulator) and search seconds of every policy; `placement` is the learned one.
+
+    `parallelism` = T1 / T∞ of the measured host latencies and `branch_width` = the max antichain of ops with
+    ≥ 2% of the work (properties of the graph); `speedup_bound` = (work on the best single device) / lower_bound_ms,
+    with lower_bound_ms = max(T∞, T1 / n_devices) on these devices' fastest op costs: the most any placement
+    could gain over one device, even with free communication."""
 
     model: str
     devices: str
@@ -29,6 +34,10 @@ class PolicyReport:
     lower_bound_ms: float
     parallel_branches: bool
     episodes: int
+    parallelism: float = 1.0
+    branch_width: int = 1
+    speedup_bound: float = 1.0
+    batch: int = 1
 
     def to_dict(self) -> dict:
         return {"model": self.model, "devices": self.devices,
@@ -36,7 +45,8 @@ class PolicyReport:
                 "placement": self.placement, "search_s": round(self.search_s["learned"], 4),
                 "search_s_by_policy": {k: round(v, 6) for k, v in self.search_s.items()},
                 "lower_bound_ms": round(self.lower_bound_ms, 6), "parallel_branches": self.parallel_branches,
-                "episodes": self.episodes}
+                "parallelism": round(self.parallelism, 4), "branch_width": self.branch_width,
+                "speedup_bound": round(self.speedup_bound, 4), "batch_size": self.batch, "episodes": self.episodes}
 
 
 def best_heuristic(graph: OpGraph, devices: DeviceSet, costs: np.ndarray | None = None
@@ -70,9 +80,11 @@ def compare_policies(graph: OpGraph, devices: DeviceSet, devices_label: str = ""
                               time_budget_s=time_budget_s)
     spans["learned"] = learned.makespan_ms
     seconds["learned"] = learned.search_s + sum(seconds.values())  # it needed the heuristics first
+    bound_ms = lower_bound_ms(graph, costs)
     return PolicyReport(graph.name, devices_label or "+".join(devices.names), spans, seconds,
                         {op: devices.names[d] for op, d in zip(graph.ops, learned.placement)},
-                        lower_bound_ms(graph, costs), graph.has_parallel_branches(), learned.episodes)
+                        bound_ms, graph.has_parallel_branches(), learned.episodes, graph.parallelism(),
+                        graph.branch_width(), float(costs.sum(axis=0).min()) / bound_ms, graph.batch)
 
 
 def fill_spec(spec: Spec, graphs: dict[str, OpGraph]) -> Spec:

@@ -88,11 +88,7 @@ def upward_rank(graph: OpGraph, costs: np.ndarray, devices: DeviceSet) -> np.nda
 
 def critical_path_ms(graph: OpGraph, costs: np.ndarray) -> float:
     """Longest path with every op at its fastest device and free communication."""
-    fastest = costs.min(axis=1)
-    finish = np.zeros(graph.n)
-    for i in range(graph.n):
-        finish[i] = fastest[i] + max((finish[p] for p in graph.preds[i]), default=0.0)
-    return float(finish.max(initial=0.0))
+    return graph.span_ms(costs.min(axis=1))
 
 
 def lower_bound_ms(graph: OpGraph, costs: np.ndarray) -> float:

@@ -13,7 +13,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from isthmus.placement.devices import KINDS, LINKS, DeviceKind, DeviceSet, parse_devices
-from isthmus.placement.graph import coarsen, from_module, from_zoo, synthetic_graph
+from isthmus.placement.graph import OpGraph, coarsen, from_module, from_zoo, synthetic_graph
 from isthmus.placement.heuristics import HEURISTICS
 from isthmus.placement.learned import learn_placement
 from isthmus.placement.simulator import critical_path_ms, lower_bound_ms, memory_bytes, simulate
@@ -161,7 +161,8 @@ def test_fx_graph_counts_flops_bytes_and_edges():
     assert graph.flops[names.index("fc")] == 2 * 10 * 16 * 8 * 8
     cat = names.index("cat")
     assert sorted(graph.ops[p] for p in graph.preds[cat]) == ["b", "relu"]
-    assert graph.has_parallel_branches()
+    assert graph.branch_width(min_share=0.0) >= 2  # conv a and conv b do not depend on each other
+    assert graph.parallelism() >= 1.0
     assert (graph.host_ms > 0).all() and graph.measured_ms > 0
     fused = coarsen(graph)
     assert fused.n < graph.n and fused.flops.sum() == pytest.approx(graph.flops.sum())
@@ -173,6 +174,57 @@ def test_roofline_scaling_orders_device_kinds():
     v100, k80 = graph.kind_cost_ms(KINDS["v100"]), graph.kind_cost_ms(KINDS["k80"])
     assert (v100 < k80).all() and (v100 < graph.host_ms).all()
     assert (v100 >= KINDS["v100"].launch_ms).all()
+
+
+def _weighted_graph(weights, edges, name="g"):
+    n = len(weights)
+    host = DeviceKind("h", 1.0, 10.0, 64.0, launch_ms=0.0, util=1.0)
+    return OpGraph(name, [f"op{i}" for i in range(n)], ["x"] * n, np.ones(n), np.zeros(n), np.ones(n), np.ones(n),
+                   np.asarray(weights, float), edges, 4, host)
+
+
+def test_parallel_branches_are_defined_by_work_not_by_shape():
+    chain = _weighted_graph([1, 2, 3], [(0, 1), (1, 2)])
+    assert chain.parallelism() == pytest.approx(1.0) and chain.branch_width() == 1
+    assert not chain.has_parallel_branches()
+    # two equal heavy branches between a fork and a join: T1 = 22, T∞ = 12
+    diamond = _weighted_graph([1, 10, 10, 1], [(0, 1), (0, 2), (1, 3), (2, 3)])
+    assert diamond.parallelism() == pytest.approx(22 / 12) and diamond.branch_width() == 2
+    assert diamond.has_parallel_branches()
+    # a residual block: heavy convs on one path, a cheap shortcut on the other (ResNet's identity / 1x1)
+    residual = _weighted_graph([1, 10, 10, 0.3, 1], [(0, 1), (1, 2), (0, 3), (2, 4), (3, 4)])
+    assert residual.parallelism() < 1.05 and residual.branch_width() == 1
+    assert not residual.has_parallel_branches()
+    assert residual.branch_width(min_share=0.0) == 2  # structurally it does branch
+
+
+@settings(max_examples=25, deadline=None)
+@given(n_ops=st.integers(2, 30), width=st.integers(1, 5), seed=st.integers(0, 10_000))
+def test_no_placement_beats_the_work_span_speedup_bound(n_ops, width, seed):
+    from isthmus.placement.place import compare_policies
+
+    graph = synthetic_graph(n_ops, width, seed)
+    ds = parse_devices("4xv100")
+    report = compare_policies(graph, ds, episodes=3)
+    costs = graph.cost_ms(ds)
+    assert report.speedup_bound == pytest.approx(costs[:, 0].sum() / max(graph.span_ms(costs[:, 0]),
+                                                                        costs[:, 0].sum() / 4))
+    assert report.speedup_bound <= graph.parallelism(costs[:, 0]) + 1e-9
+    for name, span in report.policies.items():
+        assert report.policies["single"] / span <= report.speedup_bound + 1e-9, name
+
+
+def test_gpu_cost_of_a_memory_bound_op_streams_at_device_bandwidth():
+    """The host's compute efficiency scales compute, not memory traffic: a max-pool the host runs at 1% of its
+    bandwidth still streams at util · W on a V100."""
+    host = DeviceKind("h", 0.05, 10.0, 64.0, launch_ms=0.0, util=1.0)
+    moved = 4e6  # bytes in + out
+    pool = OpGraph("pool", ["pool"], ["MaxPool2d"], [1e6], [0.0], [3.2e6], [0.8e6], [100 * moved / 10e6], [], 4, host)
+    conv = OpGraph("conv", ["conv"], ["Conv2d"], [1e9], [1e5], [1e5], [1e5], [2 * 1e9 / 0.05e9], [], 4, host)
+    v100 = KINDS["v100"]
+    assert pool.kind_cost_ms(v100)[0] == pytest.approx(moved / (v100.mem_bw_gbps * 1e6) / v100.util + v100.launch_ms)
+    # a compute-bound op at 50% of the host's peak keeps that efficiency on the GPU
+    assert conv.kind_cost_ms(v100)[0] == pytest.approx(1e9 / (v100.tflops * 1e9 * 0.5) / v100.util + v100.launch_ms)
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +267,14 @@ def test_place_cli_json_and_bad_input(_cache):
     assert set(data["policies"]) >= {"single", "expert", "heft", "msct", "learned"}
     assert data["policies"]["learned"] <= min(v for k, v in data["policies"].items() if k != "learned") + 1e-9
     assert set(data["placement"].values()) <= {"v100:0", "v100:1"} and data["search_s"] >= 0
+    batched = runner.invoke(app, ["place", "inception", "--devices", "2xv100", "--size", "small", "--episodes", "3",
+                                  "--batch-size", "4", "--json"])
+    assert batched.exit_code == 0, batched.output
+    data4 = json.loads(batched.output)
+    assert data4["batch_size"] == 4 and data["batch_size"] == 1
+    assert data4["policies"]["single"] > data["policies"]["single"]  # four requests take longer than one
+    assert data4["speedup_bound"] >= data4["policies"]["single"] / data4["policies"]["learned"] - 1e-9
     for args in (["place", "nosuch", "--devices", "2xv100"], ["place", "vgg", "--devices", "2xq9"],
-                 ["place", "vgg", "--episodes", "-1"]):
+                 ["place", "vgg", "--episodes", "-1"], ["place", "vgg", "--batch-size", "0"]):
         bad = runner.invoke(app, args)
         assert bad.exit_code == 2 and "To fix" in bad.output, args
