@@ -165,10 +165,11 @@ def decode_tensor(tensor: Any, *, max_bytes: int = MAX_TENSOR_BYTES) -> np.ndarr
         raise TensorDecodeError(f"Tensor.shape {shape[:_MAX_DIMS + 1]} is invalid. "
                                 f"To fix: send at most {_MAX_DIMS} non-negative dimensions.")
     dtype = np.dtype(dtype_name)
-    count = 1
+    count, bound = 1, 1
     for d in shape:
         count *= d
-        if count * dtype.itemsize > max_bytes:
+        bound *= max(d, 1)  # a zero dimension must not hide huge others (numpy rejects those shapes)
+        if bound * dtype.itemsize > max_bytes:
             raise TensorDecodeError(f"Tensor.shape {shape} needs more than {max_bytes} bytes. "
                                     "To fix: send a smaller tensor or raise the server's limit.")
     if tensor.encoding == pb.TENSOR_ENCODING_RAW:
@@ -195,12 +196,16 @@ def _decode_arrow(data: bytes, dtype: np.dtype, shape: list[int], count: int) ->
         raise TensorDecodeError(f"Arrow Tensor.data holds {table.num_columns} columns x {table.num_rows} "
                                 f"rows; shape {shape} needs 1 column x {count} rows. To fix: send the "
                                 "flattened tensor as a single column.")
-    column = table.column(0)
+    try:
+        column = table.column(0)
+    except (ValueError, pa.ArrowException) as err:  # e.g. a column name that is not UTF-8 (found by fuzzing)
+        raise TensorDecodeError(f"Arrow Tensor.data has an unreadable schema ({str(err)[:80]}). To fix: write "
+                                "one record batch with pyarrow.ipc.new_stream.") from None
     if column.null_count:
         raise TensorDecodeError("Arrow Tensor.data contains nulls. To fix: send a dense tensor.")
     try:
         flat = column.to_numpy().astype(dtype, casting="same_kind")
-    except (TypeError, ValueError, pa.ArrowException) as err:
+    except (TypeError, ValueError, IndexError, pa.ArrowException) as err:
         raise TensorDecodeError(f"Arrow column of type {column.type} does not match dtype {dtype.name} "
                                 f"({str(err)[:80]}). To fix: send a column of the declared dtype.") from None
     return flat.reshape(shape)

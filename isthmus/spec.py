@@ -310,12 +310,18 @@ def load_spec(path: str | Path) -> Spec:
         text = path.read_text()
     except OSError as err:
         raise SpecError([("(file)", f"cannot read: {err.strerror}. To fix: check the path")], str(path)) from None
+    except UnicodeDecodeError as err:  # found by fuzzing (tests/e2e/test_fuzz.py)
+        raise SpecError([("(file)", f"not UTF-8 text (byte {err.start}). To fix: save the file as UTF-8")],
+                        str(path)) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
         raise SpecError([(where, f"not valid YAML: {getattr(err, 'problem', err)}")], str(path)) from None
+    except (ValueError, TypeError, AttributeError, RecursionError) as err:  # a bad !!tag / date / huge int / nesting
+        raise SpecError([("(file)", f"not valid YAML: {type(err).__name__}: {str(err)[:120]}. "
+                          "To fix: quote the value, remove the tag or flatten the nesting")], str(path)) from None
     return parse_spec(data, str(path))
 
 
@@ -374,7 +380,7 @@ def load_plan(path: str | Path) -> Plan:
     """Read a Plan JSON file (as written by `isthmus plan SPEC --json`)."""
     path = Path(path)
     try:
-        return Plan.model_validate_json(path.read_text())
+        return Plan.model_validate_json(path.read_bytes())
     except OSError as err:
         raise SpecError([("(file)", f"cannot read: {err.strerror}. To fix: check the path")], str(path)) from None
     except ValidationError as err:

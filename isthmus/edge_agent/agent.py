@@ -245,7 +245,12 @@ class EdgeAgent:
     def _channel_options(self) -> list[tuple[str, Any]]:
         options = [("grpc.keepalive_time_ms", 20_000), ("grpc.keepalive_timeout_ms", 10_000),
                    ("grpc.keepalive_permit_without_calls", 1),
-                   ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+                   ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                   # gRPC's own reconnect backoff (default up to 120 s) would keep a channel to a cloud that
+                   # came back failing fast for minutes; bound it by the agent's backoff settings (not
+                   # min_reconnect_backoff_ms: that is also the connect timeout, 20 s, kept for slow links)
+                   ("grpc.initial_reconnect_backoff_ms", int(self.config.backoff_initial_s * 1000)),
+                   ("grpc.max_reconnect_backoff_ms", int(self.config.backoff_max_s * 1000))]
         if self.config.tls_server_name:
             options.append(("grpc.ssl_target_name_override", self.config.tls_server_name))
         return options
@@ -479,12 +484,12 @@ class EdgeAgent:
     # ----------------------------------------------------------------- serving
     def infer(self, array: np.ndarray, *, traceparent: str = "") -> dict[str, Any]:
         """Run one request: head on the device, tail in the cloud (or the deepest local exit)."""
-        import torch
-
         bundle = self._bundle
-        if bundle is None:
+        if bundle is None:  # answered before importing torch: an idle agent says so at once
             raise AgentError("no partition loaded yet (waiting for the control plane's plan). "
                              "To fix: retry shortly; check /status for the last error.")
+        import torch
+
         trace_id, parent = _parse_traceparent(traceparent)
         span_id = secrets.token_hex(8)
         start_ns = time.time_ns()

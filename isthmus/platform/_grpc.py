@@ -4,10 +4,17 @@ TLS: `tls_credentials` loads PEM files; with `ca` and `require_client_auth=True`
 mTLS (the handshake rejects clients without a certificate signed by that CA, or with an expired
 one). Every server built here has gRPC health checking and reflection, `SO_REUSEPORT` off (a port
 clash fails loudly) and a request size limit (`max_request_bytes`, RESOURCE_EXHAUSTED beyond it).
+
+`TokenAuth` is the per-call bearer-token check both servers share: the `authorization: Bearer <t>`
+metadata must satisfy `sha256(t) == tokens.json[CN]` (compared in constant time) for the CN of the
+client certificate. Tokens and keys are never logged; rejections log the CN and the reason only.
 """
 
 from __future__ import annotations
 
+import hmac
+import logging
+import threading
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +22,11 @@ from typing import Sequence
 
 import grpc
 
-__all__ = ["ServerTLS", "build_server", "free_port"]
+from isthmus.platform.certs import CertError, hash_token, load_token_hashes
+
+__all__ = ["ServerTLS", "TokenAuth", "build_server", "free_port"]
+
+_log = logging.getLogger("isthmus.grpc_auth")
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,50 @@ class ServerTLS:
                                     "`isthmus certs init DIR` and pass that DIR.") from None
         return grpc.ssl_server_credentials(pair, root_certificates=ca,
                                            require_client_auth=bool(ca) and self.require_client_auth)
+
+
+class TokenAuth:
+    """Per-agent bearer tokens from a tokens.json of `isthmus certs` (`{agent id: "sha256:<hex>"}`),
+    re-read when its mtime changes; a missing or broken file rejects everyone (fail closed)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        load_token_hashes(self.path)  # fail now, with a clear message, on a bad tokens file
+        self._mtime = -1.0
+        self._hashes: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def matches(self, agent_id: str, token: str) -> bool:
+        """`sha256(token) == hashes[agent_id]`, in constant time."""
+        with self._lock:
+            try:
+                mtime = self.path.stat().st_mtime
+                if mtime != self._mtime:
+                    self._hashes, self._mtime = load_token_hashes(self.path), mtime
+            except (OSError, CertError) as err:
+                _log.error("tokens file unusable, rejecting every agent: %s", err)
+                self._hashes, self._mtime = {}, -1.0
+            expected = self._hashes.get(agent_id)
+        return expected is not None and hmac.compare_digest(expected, hash_token(token))
+
+    def authenticate(self, context: grpc.ServicerContext) -> str:
+        """The agent id (certificate CN) of an authenticated call; aborts with UNAUTHENTICATED otherwise."""
+        names = context.auth_context().get("x509_common_name") or [b""]
+        agent_id = names[0].decode(errors="replace")
+        header = dict(context.invocation_metadata()).get("authorization", "")
+        if not agent_id:
+            _log.warning("rejected call without a client certificate CN")
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "client certificate has no CN. To fix: use a "
+                                                           "certificate from `isthmus certs add-agent`.")
+        if not isinstance(header, str) or not header.startswith("Bearer ") or len(header) > 512:
+            _log.warning("rejected agent %s: missing bearer token", agent_id)
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing bearer token. To fix: send metadata "
+                                                           "'authorization: Bearer <token>' (the agent's token file).")
+        if not self.matches(agent_id, header[len("Bearer "):]):
+            _log.warning("rejected agent %s: bearer token does not match", agent_id)
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, f"bearer token is not valid for agent {agent_id!r}. "
+                                                           "To fix: use the token issued with this agent's certificate.")
+        return agent_id
 
 
 def free_port(host: str = "127.0.0.1") -> int:

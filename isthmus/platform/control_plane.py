@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import hmac
 import logging
 import threading
 import time
@@ -31,8 +30,7 @@ import grpc
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from isthmus import _proto
-from isthmus.platform._grpc import ServerTLS, build_server
-from isthmus.platform.certs import CertError, hash_token, load_token_hashes
+from isthmus.platform._grpc import ServerTLS, TokenAuth, build_server
 
 __all__ = ["AgentAssignment", "ControlPlaneServer", "PartitionStore", "PlanSource"]
 
@@ -191,31 +189,8 @@ class PlanSource:
         return [r for r in list(self._telemetry) if agent_id is None or r["agent_id"] == agent_id]
 
 
-class _TokenBook:
-    """Token hashes from tokens.json, re-read when the file changes."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._mtime = -1.0
-        self._hashes: dict[str, str] = {}
-        self._lock = threading.Lock()
-
-    def matches(self, agent_id: str, token: str) -> bool:
-        """Constant-time check; a missing or broken tokens file rejects everyone (fail closed)."""
-        with self._lock:
-            try:
-                mtime = self._path.stat().st_mtime
-                if mtime != self._mtime:
-                    self._hashes, self._mtime = load_token_hashes(self._path), mtime
-            except (OSError, CertError) as err:
-                _log.error("tokens file unusable, rejecting every agent: %s", err)
-                self._hashes, self._mtime = {}, -1.0
-            expected = self._hashes.get(agent_id)
-        return expected is not None and hmac.compare_digest(expected, hash_token(token))
-
-
 class _Servicer:
-    def __init__(self, plan: PlanSource, tokens: _TokenBook, stopping: threading.Event,
+    def __init__(self, plan: PlanSource, tokens: TokenAuth, stopping: threading.Event,
                  telemetry_interval_s: float, on_telemetry: Callable[[dict], None] | None) -> None:
         self._plan = plan
         self._tokens = tokens
@@ -224,22 +199,7 @@ class _Servicer:
         self._on_telemetry = on_telemetry
 
     def _authenticate(self, context: grpc.ServicerContext) -> str:
-        names = context.auth_context().get("x509_common_name") or [b""]
-        agent_id = names[0].decode(errors="replace")
-        header = dict(context.invocation_metadata()).get("authorization", "")
-        if not agent_id:
-            _log.warning("rejected call without a client certificate CN")
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "client certificate has no CN. To fix: use a "
-                                                           "certificate from `isthmus certs add-agent`.")
-        if not isinstance(header, str) or not header.startswith("Bearer ") or len(header) > 512:
-            _log.warning("rejected agent %s: missing bearer token", agent_id)
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing bearer token. To fix: send metadata "
-                                                           "'authorization: Bearer <token>' (the agent's token file).")
-        if not self._tokens.matches(agent_id, header[len("Bearer "):]):
-            _log.warning("rejected agent %s: bearer token does not match", agent_id)
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, f"bearer token is not valid for agent {agent_id!r}. "
-                                                           "To fix: use the token issued with this agent's certificate.")
-        return agent_id
+        return self._tokens.authenticate(context)
 
     def _check_id(self, context: grpc.ServicerContext, agent_id: str, claimed: str) -> None:
         if claimed and claimed != agent_id:
@@ -332,7 +292,7 @@ class ControlPlaneServer:
         self.plan = plan
         self._tls = tls or ServerTLS.from_certs_dir(certs_dir)
         tokens_path = Path(tokens_file) if tokens_file else Path(certs_dir or self._tls.cert.parent) / "tokens.json"
-        load_token_hashes(tokens_path)  # fail now, with a clear message, on a bad tokens file
+        tokens = TokenAuth(tokens_path)  # fails now, with a clear message, on a bad tokens file
         self._stopping = threading.Event()
         self._server, self.port, self._health = build_server(
             host=host, port=port, tls=self._tls, service_names=[_SERVICE],
@@ -340,7 +300,7 @@ class ControlPlaneServer:
         self.host = host
         grpc_mod = _proto.load("control_plane_pb2_grpc")
         grpc_mod.add_ControlPlaneServicer_to_server(
-            _Servicer(plan, _TokenBook(tokens_path), self._stopping, telemetry_interval_s, on_telemetry),
+            _Servicer(plan, tokens, self._stopping, telemetry_interval_s, on_telemetry),
             self._server)
 
     @property

@@ -3,6 +3,8 @@
     isthmus control-plane --certs certs --assignments plan-assignments.json --port 50051
     isthmus inference-server --tail alexnet_exits:7:-1=tail.pt --certs certs --port 50052
 
+With `--certs` both servers run mTLS and require each agent's bearer token (certs/tokens.json).
+
 The assignments file maps agent ids or site names to assignments; partition paths are relative
 to the file, which is re-read (and pushed to agents) whenever it changes:
 
@@ -151,7 +153,9 @@ def inference_server(tail: List[str] = typer.Option(..., help="MODEL:SPLIT:EXIT=
                      certs: Optional[str] = typer.Option(None, help="Serve mTLS with these certificates."),
                      host: str = typer.Option("127.0.0.1", help="Address to bind."),
                      port: int = typer.Option(50052, help="Port to bind."),
-                     name: str = typer.Option("cloud", help="Reported as served_by.")) -> None:
+                     name: str = typer.Option("cloud", help="Reported as served_by."),
+                     max_request_bytes: int = typer.Option(64 * 1024 * 1024, help="Largest request accepted.")
+                     ) -> None:
     """Serve `isthmus.v1.Inference` over TorchScript tails until Ctrl-C."""
     from rich.console import Console
 
@@ -168,11 +172,13 @@ def inference_server(tail: List[str] = typer.Option(..., help="MODEL:SPLIT:EXIT=
                 raise _InputError(f"--tail {spec!r}: {path}: {err.strerror}. To fix: give an existing file.") \
                     from None
         tls = ServerTLS.from_certs_dir(certs) if certs else None
-        server = InferenceServer(tails, host=host, port=port, tls=tls, name=name).start()
-    except (_InputError, OSError, ValueError, TypeError) as err:
+        tokens = Path(certs) / "tokens.json" if certs else None  # mTLS + each agent's bearer token
+        server = InferenceServer(tails, host=host, port=port, tls=tls, name=name, tokens_file=tokens,
+                                 max_request_bytes=max_request_bytes).start()
+    except (_InputError, OSError, ValueError, TypeError) as err:  # CertError is a ValueError
         _fail(str(err))
         return
     Console().print(f"[green]inference server[/green] {name} on {server.address} "
-                    f"({'mTLS' if certs else 'plaintext'}), tails {sorted(tails)}")
+                    f"({'mTLS + bearer tokens' if certs else 'plaintext'}), tails {sorted(tails)}")
     _serve_forever()
     server.stop()

@@ -3,7 +3,10 @@
 `Infer(model, split, exit, tensor)` looks up the tail registered for `(model, split, exit)`, runs
 it on the decoded activation and returns the logits and `argmax` per row. `Probe` answers a
 bandwidth probe with the byte count. The runtime later puts Serve/Triton behind the same proto.
-Optional TLS / mTLS with the certificates of `isthmus certs init`.
+Optional TLS / mTLS with the certificates of `isthmus certs init`; with `tokens_file` (needs mTLS)
+every call must also carry the agent's bearer token (`TokenAuth`, the control plane's check).
+Requests above `max_request_bytes` get RESOURCE_EXHAUSTED; a tensor whose shape needs more than
+that gets INVALID_ARGUMENT before anything is allocated.
 """
 
 from __future__ import annotations
@@ -12,12 +15,13 @@ import io
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any, Mapping
 
 import grpc
 
 from isthmus import _proto
-from isthmus.platform._grpc import ServerTLS, build_server
+from isthmus.platform._grpc import ServerTLS, TokenAuth, build_server
 
 __all__ = ["InferenceServer"]
 
@@ -49,6 +53,7 @@ class _Servicer:
         import torch
 
         pb = _proto.load("inference_pb2")
+        self._server.authenticate(context)
         key = (request.model, request.split, request.exit)
         tail = self._server.tail(key)
         if tail is None:
@@ -74,6 +79,7 @@ class _Servicer:
                              served_by=self._server.name, server_ms=server_ms)
 
     def Probe(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._server.authenticate(context)
         return _proto.load("inference_pb2").ProbeReply(received_bytes=len(request.payload))
 
 
@@ -82,7 +88,11 @@ class InferenceServer:
 
     def __init__(self, tails: Mapping[TailKey, Any] | None = None, *, host: str = "127.0.0.1", port: int = 0,
                  tls: ServerTLS | None = None, max_request_bytes: int = 64 * 1024 * 1024,
-                 name: str = "cloud", max_workers: int = 16) -> None:
+                 name: str = "cloud", max_workers: int = 16, tokens_file: str | Path | None = None) -> None:
+        if tokens_file is not None and (tls is None or tls.ca is None or not tls.require_client_auth):
+            raise ValueError("tokens_file needs mTLS (the token must match the client certificate's CN). "
+                             "To fix: pass tls=ServerTLS.from_certs_dir(DIR) as well.")
+        self._auth = TokenAuth(tokens_file) if tokens_file is not None else None
         self.name = name
         self.host = host
         self.max_request_bytes = max_request_bytes
@@ -104,6 +114,10 @@ class InferenceServer:
         module = _as_module(tail)
         with self._lock:
             self._tails[(str(model), int(split), int(exit_index))] = module
+
+    def authenticate(self, context: grpc.ServicerContext) -> str:
+        """The caller's agent id when tokens are required (aborts UNAUTHENTICATED otherwise), else ""."""
+        return self._auth.authenticate(context) if self._auth is not None else ""
 
     def tail(self, key: TailKey) -> Any:
         with self._lock:

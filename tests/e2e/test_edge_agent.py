@@ -40,7 +40,7 @@ class _World:
         init_certs(self.certs, agents=["cam-1-a"])
         self.chain = TinyChain(seed=1)
         self.tls = ServerTLS.from_certs_dir(self.certs)
-        self.cloud = InferenceServer(self.chain.tails(), tls=self.tls).start()
+        self.cloud = self.start_cloud()
         self.plan = PlanSource(PartitionStore(root / "partitions"))
         self.plan.publish({"cam-1": self.assignment(1)})
         self.cp_port = free_port()
@@ -52,6 +52,11 @@ class _World:
         self.log = root / "agent.log"
         self.proc = start_agent(self.config, self.log)
         self.x = torch.randn(4, *INPUT_SHAPE[1:], generator=torch.Generator().manual_seed(7))
+
+    def start_cloud(self, port: int = 0) -> InferenceServer:
+        """The ingress the agent talks to: mTLS + the agent's bearer token."""
+        return InferenceServer(self.chain.tails(), tls=self.tls, tokens_file=self.certs / "tokens.json",
+                               port=port).start()
 
     def assignment(self, split: int) -> dict:
         return self.chain.assignment(split, self.cloud.address, tls=True)
@@ -147,6 +152,7 @@ def test_plan_change_switches_atomically_under_load(world: _World) -> None:
     assert status(world.http_port)["loaded"]["split"] == 2
 
 
+@pytest.mark.security
 def test_corrupt_partition_rejected_and_old_kept(world: _World) -> None:
     world.publish_and_wait(1)
     before = status(world.http_port)
@@ -189,7 +195,7 @@ def test_cloud_down_answers_from_local_exit(world: _World) -> None:
         code, again = infer(world.http_port, world.x)  # within the retry window: straight to the local exit
         assert code == 200 and again["source"] == "local_exit" and "skipping the cloud" in again["reason"]
     finally:
-        world.cloud = InferenceServer(world.chain.tails(), tls=world.tls, port=port).start()
+        world.cloud = world.start_cloud(port)
     code, reply = wait_for(lambda: (lambda r: r if r[1].get("source") == "cloud" else None)(
         infer(world.http_port, world.x)), 30, "the cloud to answer again")
     assert reply["prediction"] == world.chain.reference(world.x, 3)

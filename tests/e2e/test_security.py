@@ -1,13 +1,22 @@
-"""The control plane rejects whoever should not be there, and keeps serving everyone else.
+"""The control plane and the inference ingress reject whoever should not be there, and keep serving
+everyone else.
 
-Real mTLS over gRPC on 127.0.0.1: no client certificate, a certificate from another CA, an expired
-certificate, a missing / wrong / someone else's bearer token, an oversized request.
+Real mTLS over gRPC on 127.0.0.1, each rejection on BOTH endpoints: no client certificate, a
+certificate from another CA, an expired certificate, a missing / wrong / someone else's bearer
+token; a too-large message on every RPC method (RESOURCE_EXHAUSTED, then the same channel is served);
+secrets never logged over a whole agent session at DEBUG.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
 import threading
 from pathlib import Path
 
@@ -24,6 +33,8 @@ pytestmark = [pytest.mark.security, pytest.mark.timeout(120)]
 
 _CP = _proto.load("control_plane_pb2")
 _CP_GRPC = _proto.load("control_plane_pb2_grpc")
+_INF = _proto.load("inference_pb2")
+_INF_GRPC = _proto.load("inference_pb2_grpc")
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +55,22 @@ def server(pki: dict[str, Path]):
     plan = PlanSource()
     with ControlPlaneServer(plan, certs_dir=pki["good"], max_request_bytes=64 * 1024) as cp:
         yield cp
+
+
+_LIMIT_BYTES = 64 * 1024
+
+
+@pytest.fixture(scope="module")
+def ingress(pki: dict[str, Path]):
+    """The inference ingress the agent talks to: mTLS + bearer tokens, a 64 KiB request limit."""
+    import torch
+
+    torch.manual_seed(0)
+    tail = torch.nn.Linear(4, 3).eval()
+    with InferenceServer({("m", 1, -1): tail}, tls=ServerTLS.from_certs_dir(pki["good"]),
+                         tokens_file=pki["good"] / "tokens.json", max_request_bytes=_LIMIT_BYTES) as inf:
+        inf.reference = tail  # type: ignore[attr-defined]
+        yield inf
 
 
 def _channel(address: str, ca: Path, cert: Path | None = None, key: Path | None = None) -> grpc.Channel:
@@ -74,38 +101,71 @@ def _code(fn) -> grpc.StatusCode:
     return info.value.code()
 
 
-def test_good_agent_registers_and_watches(server: ControlPlaneServer, pki: dict[str, Path]) -> None:
+def _infer_request(rows: int = 2) -> object:
+    import numpy as np
+
+    return _INF.InferRequest(model="m", split=1, exit=-1, tensor=_proto.encode_tensor(np.ones((rows, 4), "float32")))
+
+
+def _infer(channel: grpc.Channel, token: str | None, agent_id: str = "a1") -> object:
+    """One Infer call to the ingress (agent_id is implied by the certificate there)."""
+    metadata = (("authorization", f"Bearer {token}"),) if token is not None else ()
+    return _INF_GRPC.InferenceStub(channel).Infer(_infer_request(), metadata=metadata, timeout=10)
+
+
+@pytest.fixture(params=["control_plane", "ingress"])
+def endpoint(request: pytest.FixtureRequest, server: ControlPlaneServer, ingress: InferenceServer):
+    """`(address, call(channel, token))`: Register on the control plane, Infer on the ingress."""
+    if request.param == "control_plane":
+        return server.address, _register
+    return ingress.address, _infer
+
+
+def test_good_agent_registers_and_infers(server: ControlPlaneServer, ingress: InferenceServer,
+                                         pki: dict[str, Path]) -> None:
+    import torch
+
     with _agent_channel(server, pki["good"], "a1") as channel:
-        reply = _register(channel, _token(pki["good"], "a1"))
-        assert reply.agent_id == "a1"
+        assert _register(channel, _token(pki["good"], "a1")).agent_id == "a1"
+    agent = pki["good"] / "agents" / "a1"
+    with _channel(ingress.address, pki["good"] / "ca.pem", agent / "agent.pem", agent / "agent.key") as channel:
+        reply = _infer(channel, _token(pki["good"], "a1"))
+        assert list(reply.prediction) == ingress.reference(torch.ones(2, 4)).argmax(1).tolist()
 
 
-def test_no_client_certificate_rejected(server: ControlPlaneServer, pki: dict[str, Path]) -> None:
-    with _channel(server.address, pki["good"] / "ca.pem") as channel:
-        assert _code(lambda: _register(channel, _token(pki["good"], "a1"))) == grpc.StatusCode.UNAVAILABLE
+def test_no_client_certificate_rejected(endpoint, pki: dict[str, Path]) -> None:
+    address, call = endpoint
+    with _channel(address, pki["good"] / "ca.pem") as channel:
+        assert _code(lambda: call(channel, _token(pki["good"], "a1"))) == grpc.StatusCode.UNAVAILABLE
 
 
-def test_certificate_from_another_ca_rejected(server: ControlPlaneServer, pki: dict[str, Path]) -> None:
+def test_certificate_from_another_ca_rejected(endpoint, pki: dict[str, Path]) -> None:
+    address, call = endpoint
     other = pki["other"] / "agents" / "a1"
     # trusts the real server CA, but presents a client certificate the server's CA never signed
-    with _channel(server.address, pki["good"] / "ca.pem", other / "agent.pem", other / "agent.key") as channel:
-        assert _code(lambda: _register(channel, _token(pki["good"], "a1"))) == grpc.StatusCode.UNAVAILABLE
+    with _channel(address, pki["good"] / "ca.pem", other / "agent.pem", other / "agent.key") as channel:
+        assert _code(lambda: call(channel, _token(pki["good"], "a1"))) == grpc.StatusCode.UNAVAILABLE
 
 
-def test_expired_certificate_rejected(server: ControlPlaneServer, pki: dict[str, Path]) -> None:
-    with _channel(server.address, pki["good"] / "ca.pem", pki["expired_cert"], pki["expired_key"]) as channel:
-        assert _code(lambda: _register(channel, _token(pki["good"], "a1"))) == grpc.StatusCode.UNAVAILABLE
+def test_expired_certificate_rejected(endpoint, pki: dict[str, Path]) -> None:
+    address, call = endpoint
+    with _channel(address, pki["good"] / "ca.pem", pki["expired_cert"], pki["expired_key"]) as channel:
+        assert _code(lambda: call(channel, _token(pki["good"], "a1"))) == grpc.StatusCode.UNAVAILABLE
 
 
 @pytest.mark.parametrize("token", [None, "", "not-the-token", "Bearer"])
-def test_missing_or_wrong_token_rejected(server: ControlPlaneServer, pki: dict[str, Path], token: str | None) -> None:
-    with _agent_channel(server, pki["good"], "a1") as channel:
-        assert _code(lambda: _register(channel, token)) == grpc.StatusCode.UNAUTHENTICATED
+def test_missing_or_wrong_token_rejected(endpoint, pki: dict[str, Path], token: str | None) -> None:
+    address, call = endpoint
+    agent = pki["good"] / "agents" / "a1"
+    with _channel(address, pki["good"] / "ca.pem", agent / "agent.pem", agent / "agent.key") as channel:
+        assert _code(lambda: call(channel, token)) == grpc.StatusCode.UNAUTHENTICATED
 
 
-def test_another_agents_token_rejected(server: ControlPlaneServer, pki: dict[str, Path]) -> None:
-    with _agent_channel(server, pki["good"], "a1") as channel:
-        assert _code(lambda: _register(channel, _token(pki["good"], "a2"))) == grpc.StatusCode.UNAUTHENTICATED
+def test_another_agents_token_rejected(endpoint, pki: dict[str, Path]) -> None:
+    address, call = endpoint
+    agent = pki["good"] / "agents" / "a1"
+    with _channel(address, pki["good"] / "ca.pem", agent / "agent.pem", agent / "agent.key") as channel:
+        assert _code(lambda: call(channel, _token(pki["good"], "a2"))) == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_claiming_another_agent_id_denied(server: ControlPlaneServer, pki: dict[str, Path]) -> None:
@@ -114,31 +174,77 @@ def test_claiming_another_agent_id_denied(server: ControlPlaneServer, pki: dict[
         assert code == grpc.StatusCode.PERMISSION_DENIED
 
 
-def test_oversized_request_rejected(server: ControlPlaneServer, pki: dict[str, Path]) -> None:
-    with _agent_channel(server, pki["good"], "a1") as channel:
-        huge = {f"layer{i}": float(i) for i in range(20_000)}  # ~400 KB > the 64 KiB limit
-        code = _code(lambda: _register(channel, _token(pki["good"], "a1"), layer_ms=huge))
-        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+def test_ingress_without_mtls_refuses_tokens_file(pki: dict[str, Path]) -> None:
+    with pytest.raises(ValueError, match="tokens_file needs mTLS.*To fix"):
+        InferenceServer({}, tokens_file=pki["good"] / "tokens.json")
 
 
-def test_server_keeps_serving_others_and_logs_no_secret(server: ControlPlaneServer, pki: dict[str, Path],
+_HUGE = "x" * (_LIMIT_BYTES + 1024)
+
+
+def _oversized_calls(channel: grpc.Channel, metadata: tuple) -> dict[str, object]:
+    """One too-large message per RPC method of both services (each > the 64 KiB limit)."""
+    import numpy as np
+
+    cp = _CP_GRPC.ControlPlaneStub(channel)
+    inf = _INF_GRPC.InferenceStub(channel)
+    big_tensor = _proto.encode_tensor(np.zeros((1, _LIMIT_BYTES // 4 + 256), "float32"))
+    return {
+        "Register": lambda: cp.Register(_CP.RegisterRequest(agent_id="a1", site="cam-1", device=_HUGE),
+                                        metadata=metadata, timeout=10),
+        "WatchPlan": lambda: list(cp.WatchPlan(_CP.WatchPlanRequest(agent_id=_HUGE), metadata=metadata, timeout=10)),
+        "FetchPartition": lambda: list(cp.FetchPartition(_CP.FetchPartitionRequest(partition_id=_HUGE),
+                                                         metadata=metadata, timeout=10)),
+        "ReportTelemetry": lambda: cp.ReportTelemetry(_CP.TelemetryReport(agent_id="a1", errors=[_HUGE]),
+                                                      metadata=metadata, timeout=10),
+        "Infer": lambda: inf.Infer(_INF.InferRequest(model="m", split=1, exit=-1, tensor=big_tensor),
+                                   metadata=metadata, timeout=10),
+        "Probe": lambda: inf.Probe(_INF.ProbeRequest(payload=_HUGE.encode()), metadata=metadata, timeout=10),
+    }
+
+
+@pytest.mark.parametrize("method", ["Register", "WatchPlan", "FetchPartition", "ReportTelemetry", "Infer", "Probe"])
+def test_oversized_request_rejected_on_every_method(server: ControlPlaneServer, ingress: InferenceServer,
+                                                    pki: dict[str, Path], method: str) -> None:
+    """RESOURCE_EXHAUSTED for the too-large message; the same channel is served right after."""
+    import torch
+
+    good = pki["good"]
+    token = _token(good, "a1")
+    metadata = (("authorization", f"Bearer {token}"),)
+    address = server.address if method in {"Register", "WatchPlan", "FetchPartition", "ReportTelemetry"} \
+        else ingress.address
+    agent = good / "agents" / "a1"
+    with _channel(address, good / "ca.pem", agent / "agent.pem", agent / "agent.key") as channel:
+        assert _code(_oversized_calls(channel, metadata)[method]) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        if address == server.address:
+            assert _register(channel, token).agent_id == "a1"
+        else:
+            reply = _infer(channel, token)
+            assert list(reply.prediction) == ingress.reference(torch.ones(2, 4)).argmax(1).tolist()
+
+
+def test_server_keeps_serving_others_and_logs_no_secret(server: ControlPlaneServer, ingress: InferenceServer,
+                                                        pki: dict[str, Path],
                                                         caplog: pytest.LogCaptureFixture) -> None:
     """A good agent's plan stream stays open through a burst of rejected calls and still gets the next plan."""
     caplog.set_level(logging.DEBUG)
     good = pki["good"]
     token = _token(good, "a2")
     received: list[object] = []
+    endpoints = [(server.address, _register), (ingress.address, _infer)]
     with _agent_channel(server, good, "a2") as channel:
         _register(channel, token, agent_id="a2")
         stream = _CP_GRPC.ControlPlaneStub(channel).WatchPlan(
             _CP.WatchPlanRequest(agent_id="a2"), metadata=(("authorization", f"Bearer {token}"),), timeout=60)
         reader = threading.Thread(target=lambda: received.extend(a for _, a in zip(range(2), stream)), daemon=True)
         reader.start()
-        for _ in range(3):
-            test_no_client_certificate_rejected(server, pki)
-            test_certificate_from_another_ca_rejected(server, pki)
-            test_missing_or_wrong_token_rejected(server, pki, "not-the-token")
-            test_oversized_request_rejected(server, pki)
+        for _ in range(2):
+            for ep in endpoints:
+                test_no_client_certificate_rejected(ep, pki)
+                test_certificate_from_another_ca_rejected(ep, pki)
+                test_missing_or_wrong_token_rejected(ep, pki, "not-the-token")
+            test_oversized_request_rejected_on_every_method(server, ingress, pki, "Register")
         server.plan.publish({"cam-1": {"model": "tiny", "split": 0, "exit": 3, "inference_target": "127.0.0.1:1"}})
         reader.join(timeout=30)
         stream.cancel()
@@ -163,23 +269,6 @@ def test_health_and_reflection_over_mtls(server: ControlPlaneServer, pki: dict[s
             iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
         names = {s.name for r in replies for s in r.list_services_response.service}
         assert "isthmus.v1.ControlPlane" in names
-
-
-def test_inference_endpoint_with_mtls_rejects_client_without_certificate(pki: dict[str, Path]) -> None:
-    inf_pb = _proto.load("inference_pb2")
-    inf_grpc = _proto.load("inference_pb2_grpc")
-    with InferenceServer({}, tls=ServerTLS.from_certs_dir(pki["good"]), max_request_bytes=4096) as inf:
-        probe = inf_pb.ProbeRequest(payload=b"x" * 100)
-        with _channel(inf.address, pki["good"] / "ca.pem") as channel:
-            assert _code(lambda: inf_grpc.InferenceStub(channel).Probe(probe, timeout=10)) == \
-                grpc.StatusCode.UNAVAILABLE
-        agent = pki["good"] / "agents" / "a1"
-        with _channel(inf.address, pki["good"] / "ca.pem", agent / "agent.pem", agent / "agent.key") as channel:
-            stub = inf_grpc.InferenceStub(channel)
-            assert stub.Probe(probe, timeout=10).received_bytes == 100
-            big = inf_pb.ProbeRequest(payload=b"x" * 10_000)
-            assert _code(lambda: stub.Probe(big, timeout=10)) == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert stub.Probe(probe, timeout=10).received_bytes == 100
 
 
 def test_revoked_token_rejected_without_restart_and_missing_file_fails_closed(tmp_path: Path) -> None:
@@ -260,3 +349,69 @@ def test_inference_server_survives_garbage_and_keeps_serving(pki: dict[str, Path
                 assert list(stub.Infer(good, timeout=10).prediction) == tail(torch.ones(2, 4)).argmax(1).tolist()
             missing = inf_pb.InferRequest(model="m", split=2, exit=-1, tensor=good.tensor)
             assert _code(lambda: stub.Infer(missing, timeout=10)) == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.timeout(300)
+def test_full_agent_session_at_debug_logs_no_secret(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A whole agent session (register, download, infer through the ingress, probe, telemetry, a rejected
+    oversized local request, control-plane restart, shutdown) with the agent process and both servers
+    logging at DEBUG: no token, token hash or private-key line appears in any log, /status or trace."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from edge_helpers import TinyChain, infer, start_agent, status, wait_for, write_agent_config
+
+    from isthmus.platform._grpc import free_port
+
+    caplog.set_level(logging.DEBUG)
+    certs = tmp_path / "certs"
+    init_certs(certs, agents=["cam-1-a"])
+    chain = TinyChain(seed=4)
+    tls = ServerTLS.from_certs_dir(certs)
+    cp_port, http_port = free_port(), free_port()
+    with InferenceServer(chain.tails(), tls=tls, tokens_file=certs / "tokens.json") as cloud:
+        plan = PlanSource()
+        plan.publish({"cam-1": chain.assignment(1, cloud.address, tls=True)})
+        cp = ControlPlaneServer(plan, certs_dir=certs, port=cp_port).start()
+        config = write_agent_config(tmp_path / "agent.toml", certs, "cam-1-a", control_plane=f"127.0.0.1:{cp_port}",
+                                    listen_port=http_port, trace_file=str(tmp_path / "spans.jsonl"),
+                                    max_request_bytes=100_000)
+        log = tmp_path / "agent.log"
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "GRPC_VERBOSITY": "debug"}
+        proc = subprocess.Popen([sys.executable, "-m", "isthmus.edge_agent", "--config", str(config),
+                                 "--log-level", "DEBUG"], stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+        try:
+            wait_for(lambda: proc.poll() is not None or (status(http_port).get("loaded") or {}).get("split") == 1,
+                     120, "the agent to load split 1")
+            assert proc.poll() is None, log.read_text()[-3000:]
+            import torch
+
+            x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+            for _ in range(5):
+                code, reply = infer(http_port, x)
+                assert code == 200 and reply["source"] == "cloud", reply
+            request = urllib.request.Request(f"http://127.0.0.1:{http_port}/infer", data=b" " * 200_000,
+                                             headers={"Content-Type": "application/json"})
+            with pytest.raises(urllib.error.HTTPError) as too_big:
+                urllib.request.urlopen(request, timeout=10)
+            assert too_big.value.code == 413
+            wait_for(lambda: any(r["uplink_mbps"] > 0 and r["requests"] for r in plan.telemetry("cam-1-a")), 60,
+                     "a telemetry report with a bandwidth probe")
+            registrations = status(http_port)["registrations"]
+            cp.stop()
+            cp = ControlPlaneServer(plan, certs_dir=certs, port=cp_port).start()
+            wait_for(lambda: status(http_port)["registrations"] > registrations, 60, "the agent to re-register")
+            agent_status = json.dumps(status(http_port))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+            cp.stop()
+    token = (certs / "agents" / "cam-1-a" / "token").read_text().strip()
+    token_hash = json.loads((certs / "tokens.json").read_text())["cam-1-a"]
+    key_lines = [line for name in ("agents/cam-1-a/agent.key", "server.key", "ca.key")
+                 for line in (certs / name).read_text().splitlines() if line and not line.startswith("-----")]
+    agent_log = log.read_text()
+    assert "DEBUG" in agent_log and "registered with the control plane" in agent_log  # the log is real
+    texts = {"agent log": agent_log, "server logs": "\n".join(r.getMessage() for r in caplog.records),
+             "status": agent_status, "spans": (tmp_path / "spans.jsonl").read_text()}
+    for where, text in texts.items():
+        for secret in (token, token_hash.split(":")[-1], *key_lines):
+            assert secret not in text, f"a secret appears in the {where}"
