@@ -6,6 +6,11 @@ JSONL file (default, one span per line, appended atomically) and/or over OTLP gR
 `otlp_endpoint` is set. Triton's own spans (`--trace-config mode=opentelemetry`) are exported by
 Triton over OTLP/HTTP; `OtlpHttpReceiver` takes them in and writes them to the same JSONL file.
 
+Triton reads `traceparent` reliably only from HTTP headers: its gRPC carrier measures the metadata value with
+`strlen` although a gRPC `string_ref` is not NUL-terminated, so when a left-over heap byte follows the 55
+characters the W3C parser rejects the value and Triton starts a fresh trace (a few percent of requests;
+reproduced in tests/e2e/test_triton_trace_context.py). Traced calls to Triton go over its HTTP endpoint.
+
 `summarize(spans, ...)` groups spans by trace and computes, per hop (span name), the duration
 distribution; measured end-to-end latency per route is compared with the plan's prediction
 (`isthmus.predicted_latency_ms` on the ingress span).
@@ -176,7 +181,8 @@ def extract_context(carrier: Mapping[str, str] | None):
 
 def triton_trace_config(otlp_http_url: str, rate: int = 1, service: str = "triton") -> dict[str, str]:
     """`TritonServer(trace_config=...)` for Triton's OpenTelemetry mode, exporting every `rate`-th request
-    over OTLP/HTTP to `otlp_http_url`. Triton then continues the trace of a request carrying `traceparent`."""
+    over OTLP/HTTP to `otlp_http_url`. Triton then continues the trace of a request carrying `traceparent`
+    (every one over HTTP; over gRPC a few percent are lost to a Triton bug, see the module docstring)."""
     return {"mode": "opentelemetry", "rate": str(rate), "level": "TIMESTAMPS",
             "opentelemetry,url": otlp_http_url, "opentelemetry,resource": f"service.name={service}",
             "opentelemetry,bsp_schedule_delay": "200"}
