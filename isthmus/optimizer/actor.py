@@ -306,14 +306,11 @@ class _OptimizerActor:
 
     # ---------------------------------------------------------------- actions
     def _build_config(self) -> dict:
-        from isthmus.platform.serve_app import INGRESS_APP, serve_config
+        from isthmus.platform.serve_app import serve_config
 
-        config = serve_config(self._plan, self._planner.spec, plan_version=self._version, **self._serve_options)
-        if self._ingress_resources:  # pin the ingress (e.g. to the head) so losing a region cannot take it along
-            for app in config["applications"]:
-                if app["name"] == INGRESS_APP:
-                    app["deployments"][0]["ray_actor_options"]["resources"] = dict(self._ingress_resources)
-        return config
+        # ingress_resources pins the ingress (e.g. to the head) so that losing a region cannot take it along
+        return serve_config(self._plan, self._planner.spec, plan_version=self._version,
+                            ingress_resources=self._ingress_resources or None, **self._serve_options)
 
     def deploy(self) -> dict[str, float]:
         """Deploy the current plan as the Serve app (first time) or re-apply it."""

@@ -80,7 +80,7 @@ def chaos(tmp_path_factory: pytest.TempPathFactory):
         optimizer = start_optimizer(spec, serve_options={"http_port": http_port, "grpc_port": free_port()},
                                     drift_threshold=0.2, resources={"isthmus:head": 0.01},
                                     ingress_resources={"isthmus:head": 0.01}, watch_interval_s=0.5,
-                                    probe_timeout_s=1.5, suspect_after=2)
+                                    probe_timeout_s=2.0, suspect_after=2)
         ray.get(optimizer.deploy.remote(), timeout=300)
         urls = dict(zip(devices, ray.get(started, timeout=300)))
         triton_ports = {site: int(url.rsplit(":", 1)[1]) for site, url in urls.items()}
@@ -216,6 +216,21 @@ def _assert_zero_lost(records: list[dict], total: int) -> None:
         counts, [r for r in records if r["outcome"] in ("wrong", "error")][:5])
 
 
+def _serve_until(chaos: dict, done, timeout_s: float) -> list[dict]:
+    """Sequential requests (200 only) until `done(reply)` or `timeout_s`; returns the replies."""
+    replies, deadline = [], time.monotonic() + timeout_s
+    body = json.dumps({"service": "detect", "input": chaos["x"].tolist()}).encode()
+    while time.monotonic() < deadline:
+        request = urllib.request.Request(f"http://127.0.0.1:{chaos['port']}/", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - 127.0.0.1
+            replies.append(json.loads(response.read()))
+        if done(replies[-1]):
+            break
+        time.sleep(0.1)
+    return replies
+
+
 def _history_entry(optimizer, match, timeout_s: float) -> dict | None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -324,15 +339,20 @@ def test_triton_crash_under_load_zero_lost(chaos) -> None:
     assert restart_s is not None, "the DeviceActor did not restart its Triton within 120 s"
     retried = [r for r in records if r["outcome"] == "ok" and r["attempts"] > 1]
     assert retried, "no request was retried: the killed Triton got no traffic"
-    served_after = {r["site"] for r in records if r["outcome"] == "ok" and r["start"] > killed_at + restart_s + 1}
+    liveness = [{k: e.get(k) for k in ("lost_sites", "returned_sites")}
+                for e in ray.get(chaos["optimizer"].history.remote()) if e["source"] == "liveness"
+                and e["at_unix"] >= killed_at]   # a Triton restart is not a lost site; a probe miss on a loaded
+    print(f"\nliveness changes during the Triton restart: {liveness}")   # machine may still look like one
     during = [r for r in records if killed_at <= r["start"] < killed_at + restart_s]
-    result = {"restart_s": round(restart_s, 2), "retried": len(retried), "before": _latency(
+    result = {"restart_s": round(restart_s, 2), "retried": len(retried), "liveness_changes": liveness,
+              "before": _latency(
         [r for r in records if r["start"] < killed_at]), "during": _latency(during),
         "after": _latency([r for r in records if r["start"] >= killed_at + restart_s])}
     print(f"\ntriton crash: {result}")
     RESULTS["triton_crash"] = result
     _write_results()
-    assert LOST in served_after, served_after
+    served = _serve_until(chaos, lambda reply: reply["site"] == LOST, timeout_s=90)
+    assert served and served[-1]["site"] == LOST, served[-5:]   # the restarted Triton serves again
 
 
 def test_optimizer_crash_restores_spec_plan_telemetry_and_reattaches(chaos) -> None:
@@ -340,7 +360,7 @@ def test_optimizer_crash_restores_spec_plan_telemetry_and_reattaches(chaos) -> N
 
     optimizer = chaos["optimizer"]
     ray.get(optimizer.report.remote({"rates_rps": {"cams": 260.0}}), timeout=120)  # kept as pending telemetry
-    load = _Load(chaos, total=200, rate_rps=10).start()
+    load = _Load(chaos, total=1200, rate_rps=10).start()   # stopped once both restarts are done
     restarts = {}
     for how in ("ray.kill", "SIGKILL"):
         before = {name: ray.get(getattr(optimizer, name).remote(), timeout=60)
@@ -364,6 +384,10 @@ def test_optimizer_crash_restores_spec_plan_telemetry_and_reattaches(chaos) -> N
         by_name = ray.get_actor(OPTIMIZER_NAME, namespace=OPTIMIZER_NAMESPACE)   # a subscriber looking it up again
         for name in ("plan", "spec", "history", "plan_version", "serve_config"):
             assert ray.get(getattr(by_name, name).remote(), timeout=60) == before[name], name
+    load.stop()
+    records = load.join()
+    _assert_zero_lost(records, load.sent)   # the Serve app kept serving while the optimizer was down
+    assert _outcomes(records)["timeout"] == 0
     history = ray.get(optimizer.history.remote())
     assert any(e["telemetry"] == [["rates_rps", "cams", 260.0]] for e in history), history[-3:]
     # A re-plan still works and rolls out onto the running Serve app: eu-west gets dearer, us-east takes more.
@@ -371,10 +395,8 @@ def test_optimizer_crash_restores_spec_plan_telemetry_and_reattaches(chaos) -> N
     entry = ray.get(optimizer.report.remote({"price_per_hour": {("eu-west", "c.small"): 3.0}}), timeout=300)
     assert entry["replanned"] and entry["changed"] and entry["plan_version"] == version + 1, entry
     assert ray.get(optimizer.spec.remote())["sources"][0]["rate_rps"] == 260.0   # the pending rate went in too
-    records = load.join()
-    _assert_zero_lost(records, 200)
-    assert _outcomes(records)["timeout"] == 0
-    assert any(r.get("plan_version") == version + 1 for r in records), "the ingress never served the new plan"
+    served = _serve_until(chaos, lambda reply: reply["plan_version"] == version + 1, timeout_s=30)
+    assert served[-1]["plan_version"] == version + 1, served[-3:]   # rolled out onto the running ingress
     RESULTS["optimizer_crash"] = {"restart_s": restarts, "load": _latency(records)}
     print(f"\noptimizer crash: {RESULTS['optimizer_crash']}")
     _write_results()
