@@ -85,7 +85,7 @@ def start_local_cluster(spec: Spec, num_cpus_per_node: int = 1, object_store_byt
             _add_node(cluster, resources={resource: 1.0}, **common)
         if connect_driver:
             ray.init(address=cluster.address, namespace=namespace, log_to_driver=False)
-            _wait_for_sites(spec, timeout_s=120.0)
+            _wait_for_sites(spec, timeout_s=300.0)  # a raylet can take minutes to register on a loaded machine
     except BaseException:
         if ray.is_initialized():
             ray.shutdown()

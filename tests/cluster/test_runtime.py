@@ -374,3 +374,36 @@ def test_replan_on_rate_change_rolls_out_without_failed_requests(runtime) -> Non
     assert len(results) > 20 and not failed, (len(results), failed[:3])
     after = [_post(runtime["http"], {"service": "detect", "input": _x(1).tolist()})[1] for _ in range(30)]
     assert {r["site"] for r in after} == set(SITES), Counter(r["site"] for r in after)
+
+
+def test_optimizer_pulls_latency_and_queue_from_the_device_actors(runtime) -> None:
+    """Pulled telemetry (runs after the re-plan test: a pull that re-plans moves the spec's latencies)."""
+    optimizer = runtime["optimizer"]
+    for i in range(30):  # samples in every Triton's summary window
+        assert _post(runtime["http"], {"service": "detect", "input": _x(1, i).tolist()})[0] == 200
+    before = Plan.model_validate(ray.get(optimizer.plan.remote()))
+    entry = ray.get(optimizer.poll_once.remote(), timeout=120)
+    print(f"\npull: {entry}")
+    assert entry["source"] == "poll"
+    assert set(entry["queue"]) == set(SITES) and all(q >= 0 for q in entry["queue"].values()), entry
+    # us-east and eu-west run device kind cpu, cam-1 rpi: one measured per-request latency per kind
+    assert set(entry["measured"]) == {"mlp/fp32/cpu", "mlp/fp32/rpi"} and all(
+        0 < v < 1000 for v in entry["measured"].values()), entry
+    # the drift threshold decides; measured latencies that no plan fits (the spec's capacities scale with
+    # latency_ms) keep the current plan and say why
+    if entry["drift"] > 0.2:
+        assert entry["replanned"] or "To fix" in entry.get("error", ""), entry
+    else:
+        assert not entry["replanned"], entry
+    history = ray.get(optimizer.history.remote())
+    assert history[-1]["source"] == "poll" and history[-1]["measured"] == entry["measured"]
+    if entry["replanned"]:  # the spec now holds the measured latencies (capacities scale with them)
+        spec = ray.get(optimizer.spec.remote())
+        version = next(v for m in spec["models"] for v in m["versions"] if m["name"] == "mlp")
+        assert version["latency_ms"]["cpu"] == pytest.approx(entry["measured"]["mlp/fp32/cpu"], rel=1e-3)
+    after = Plan.model_validate(ray.get(optimizer.plan.remote()))
+    sites = {r.site for r in after.routes if r.fraction > 0}
+    if not entry["changed"]:
+        assert sites == {r.site for r in before.routes if r.fraction > 0}, entry
+    replies = [_post(runtime["http"], {"service": "detect", "input": _x(1).tolist()}) for _ in range(10)]
+    assert all(code == 200 for code, _ in replies) and {r["site"] for _, r in replies} <= sites, replies[:2]
