@@ -194,7 +194,9 @@ class GeoProblem:
         self.quota.value = t.pools.max_count.astype(float)
         self.upper.value = rate[t.service] if upper is None else upper
 
-    def solve(self, time_limit_s: float, mip_rel_gap: float = 1e-4) -> Solution:
+    def solve(self, time_limit_s: float, mip_rel_gap: float = 1e-4, start: Solution | None = None) -> Solution:
+        """Solve at the current Parameters. `start` (MILP only): a feasible (f, y) HiGHS begins from as its
+        incumbent, so a time limit can only improve on it."""
         import cvxpy as cp
 
         _silence_highs_banner()
@@ -205,7 +207,8 @@ class GeoProblem:
         try:
             # SciPy's canonicalisation backend builds the parameter→data maps vectorised (the C++ one
             # loops per parameter entry: 10× slower with a route-sized Parameter).
-            self.problem.solve(solver=self.solver, verbose=False,
+            warm = start is not None and self.integer and self._load_start(start)
+            self.problem.solve(solver=self.solver, verbose=False, warm_start=warm,
                                canon_backend=cp.SCIPY_CANON_BACKEND, **opts)
         except cp.error.SolverError as err:
             return Solution(np.zeros(len(self.table)), np.zeros(len(self.table.pv_pool)), f"solver_error: {err}",
@@ -230,6 +233,28 @@ class GeoProblem:
         y = np.asarray(self.y.value)[:len(self.table.pv_pool)]
         f = np.maximum(np.asarray(self.f.value), 0.0)
         return Solution(f, np.round(y) if self.integer else np.maximum(y, 0.0), status, seconds, bound, duals)
+
+
+    def _load_start(self, start: Solution) -> bool:
+        """Put `start` where cvxpy's HiGHS interface takes a warm start from (its solver cache), in the
+        column order of the compiled problem: x = (cost, f, y) at their variable offsets."""
+        import cvxpy as cp
+        import highspy
+
+        data, _, inverse = self.problem.get_problem_data(cp.HIGHS, canon_backend=cp.SCIPY_CANON_BACKEND)
+        offsets = next(i.var_offsets for i in inverse if hasattr(i, "var_offsets"))
+        x = np.zeros(data["A"].shape[1])
+        y = np.zeros(self.y.size)
+        y[:len(start.y)] = start.y
+        t = self.table
+        cost = float(t.pools.price_per_hour[t.pv_pool] @ start.y + t.egress_per_rps @ start.f)
+        for variable, value in ((self.f, start.f), (self.y, y), (self.cost, [cost])):
+            x[offsets[variable.id]:offsets[variable.id] + variable.size] = value
+        solution = highspy.HighsSolution()
+        solution.col_value = x.tolist()
+        solution.value_valid = True
+        self.problem._solver_cache[cp.HIGHS] = (None, None, {"model_status": "kOptimal", "solution": solution})
+        return True
 
 
 def _sparse(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
@@ -278,15 +303,17 @@ def _best_per_service(service: np.ndarray, score: np.ndarray, k: int) -> np.ndar
 
 
 def restricted_milp(table: RouteTable, lp: Solution, upper: np.ndarray, time_limit_s: float, k: int = 8,
-                    mip_rel_gap: float = 5e-3, guide: Solution | None = None) -> Solution:
+                    mip_rel_gap: float = 5e-3, guide: Solution | None = None,
+                    start: Solution | None = None) -> Solution:
     """MILP over a route subset the LP points at: the support of `guide` (default the LP), the k best
     routes per service by reduced cost and by amortised cost, and per service one route into each of
     its 2k best pool-versions `guide` opened (y_q > 0) and its 3k cheapest pool-versions by amortised
     cost — the consolidation moves an integer plan needs (many services sharing one pool) — together
     with the most accurate route of each such (service, pool-version) pair.
 
-    `upper` is the full table's route bounds ub_r (0 for a route outside its SLO). Returns a Solution over
-    the whole table (routes outside the subset carry no flow).
+    `upper` is the full table's route bounds ub_r (0 for a route outside its SLO); `start`, a feasible plan
+    over the whole table whose routes all lie in the subset (the LP rounded up, or the guide), is HiGHS's
+    first incumbent. Returns a Solution over the whole table (routes outside the subset carry no flow).
     """
     guide = guide or lp
     score, amortised = reduced_cost_order(table, lp), amortised_cost(table)
@@ -307,11 +334,16 @@ def restricted_milp(table: RouteTable, lp: Solution, upper: np.ndarray, time_lim
     keep = keep[upper[keep] > 0]
     problem = GeoProblem(table.subset(keep), integer=True)
     problem.set_parameters(upper[keep])
-    solution = problem.solve(time_limit_s, mip_rel_gap)
+    kept_pv = np.unique(table.pv[keep][table.pv[keep] >= 0])
+    if start is not None and not np.any(start.f[np.setdiff1d(np.flatnonzero(start.f > 0), keep)]):
+        start = Solution(start.f[keep], start.y[kept_pv], start.status, 0.0, None)
+    else:
+        start = None
+    solution = problem.solve(time_limit_s, mip_rel_gap, start=start)
     f = np.zeros(len(table))
     f[keep] = solution.f
     y = np.zeros(len(table.pv_pool))
-    y[np.unique(table.pv[keep][table.pv[keep] >= 0])] = solution.y
+    y[kept_pv] = solution.y
     return Solution(f, y, solution.status, solution.seconds, lp.bound)
 
 

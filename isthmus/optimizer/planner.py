@@ -165,7 +165,8 @@ class GeoPlanner:
             if remaining < 1.0:
                 break
             k = int(np.clip(RESTRICTED_ROUTES // (5 * max(len(self.spec.services), 1)), 2, RESTRICTED_K))
-            sub = restricted_milp(self.table, lp, upper, remaining, k=k, guide=guide)
+            start = min(candidates, key=self._cost) if candidates else None   # HiGHS improves on the best so far
+            sub = restricted_milp(self.table, lp, upper, remaining, k=k, guide=guide, start=start)
             if sub.status not in ("optimal", "user_limit"):
                 break
             guide = Solution(sub.f, sub.y, "restricted_milp", sub.seconds, lp.bound)
