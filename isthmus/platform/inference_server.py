@@ -36,7 +36,7 @@ def _as_module(tail: Any) -> Any:
     if isinstance(tail, (bytes, bytearray)):
         try:
             return torch.jit.load(io.BytesIO(bytes(tail)), map_location="cpu")
-        except RuntimeError as err:
+        except (RuntimeError, ValueError) as err:  # ValueError: e.g. a name that is not UTF-8 (found by fuzzing)
             raise ValueError(f"tail of {len(tail)} bytes is not a TorchScript archive "
                              f"({str(err).splitlines()[0][:120]}). To fix: save it with torch.jit.save.") from None
     if isinstance(tail, torch.nn.Module):

@@ -128,3 +128,62 @@ def test_cloud_outage_of_30_s_every_request_answered_then_planned_split_resumes(
     print(f"\noutage {_OUTAGE_S:.0f} s: {len(replies)} requests, 0 failed ({len(cp_only)} cloud at split 1 with the "
           f"control plane down, {len(both)} from local exit 1 with the cloud down, worst {worst_local_ms:.1f} ms); "
           f"re-registered {reregister_s:.1f} s and cloud answers {cloud_back_s:.1f} s after the restart")
+
+
+def _best_agent_split(bandwidth_mbps: float) -> int:
+    """The partitioner's latency model over TinyChain (layers L1..L3 + the classifier) for the splits the cloud
+    has a tail for: agent split k = layers 1..k on the device (k = 0: the raw input is sent).
+
+    Per-sample bytes: input 256, after L1 1024, after L2 512, after L3 128; 1 ms per layer on the device,
+    0.1 ms in the cloud: the raw input wins above ~0.38 Mbit/s, running all three layers wins below.
+    """
+    from isthmus.partition.chain import ChainPath, ChainTable
+
+    path = ChainPath(exit=None, names=["l1", "l2", "l3", "fc"], device_ms=[1.0] * 4, server_ms=[0.1] * 4,
+                     out_bytes=[1024, 512, 128, 40])
+    table = ChainTable([path], input_bytes=256)
+    return 1 + min(range(-1, 3), key=lambda k: table.latency_ms(None, k, bandwidth_mbps))
+
+
+def test_bandwidth_collapse_moves_the_partition_toward_the_device(world: dict) -> None:
+    """Emulated uplink 4 -> 0.1 Mbit/s: the agent's probe measures it, telemetry carries it to the control plane,
+    the partitioner's choice for that bandwidth is pushed, and the agent serves the deeper split."""
+    port = world["http_port"]
+    chain: TinyChain = world["chain"]
+    cloud, plan = world["cloud"], world["cp"].plan
+    cloud.set_tail(("tiny", 3, 3), chain.tail(3, 3))
+    x = torch.randn(1, *INPUT_SHAPE[1:], generator=torch.Generator().manual_seed(12))
+    expected = chain.reference(x, 3)
+    assert (_best_agent_split(4.0), _best_agent_split(0.1)) == (0, 3)
+
+    def measured(predicate) -> float:
+        since = time.time()
+        report = wait_for(lambda: [r for r in plan.telemetry("cam-1-a")
+                                   if r["received_at"] > since and r["uplink_mbps"] > 0
+                                   and predicate(r["uplink_mbps"])], 60, "a bandwidth report")[-1]
+        return report["uplink_mbps"]
+
+    def follow(mbps: float) -> int:
+        split = _best_agent_split(mbps)
+        plan.publish({"cam-1": chain.assignment(split, cloud.address, tls=True)})
+        wait_for(lambda: (status(port).get("loaded") or {}).get("split") == split, 60, f"the agent to load split {split}")
+        return split
+
+    assert infer(port, x)[0] == 200
+    assert world["new_cp"] and status(port)["connected"]
+    from edge_helpers import http
+
+    assert http(port, "/admin/uplink", {"uplink_mbps": 4.0})[0] == 200
+    before_mbps = measured(lambda mbps: 1.5 < mbps < 10)
+    assert follow(before_mbps) == 0
+    code, reply = infer(port, x)
+    assert code == 200 and (reply["source"], reply["split"], reply["prediction"]) == ("cloud", 0, expected)
+
+    assert http(port, "/admin/uplink", {"uplink_mbps": 0.1})[0] == 200  # the uplink collapses
+    after_mbps = measured(lambda mbps: mbps < 0.3)
+    assert follow(after_mbps) == 3
+    code, reply = infer(port, x)
+    assert code == 200 and (reply["source"], reply["split"], reply["prediction"]) == ("cloud", 3, expected)
+    assert http(port, "/admin/uplink", {"uplink_mbps": 0})[0] == 200
+    print(f"\nbandwidth collapse: probe {before_mbps:.2f} -> {after_mbps:.3f} Mbit/s (emulated 4 -> 0.1); "
+          "split 0 (raw input) -> 3 (all layers on the device)")
