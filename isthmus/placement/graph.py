@@ -430,6 +430,9 @@ def from_module(module: Any, example: Any, name: str = "model", repeats: int = 5
         _CLOCK[0] = time.perf_counter
 
 
+_CACHE_FORMAT = 2  # 2: CPU-clock timings with mark overhead removed (older caches are re-measured)
+
+
 def _cache_dir() -> Path:
     return Path(os.environ.get("ISTHMUS_CACHE", Path.home() / ".cache" / "isthmus")) / "placement"
 
@@ -451,7 +454,7 @@ def from_zoo(name: str, size: str = "full", repeats: int = 5, cache: bool = True
     import isthmus.models.zoo as zoo
 
     code = hashlib.sha256(Path(zoo.__file__).read_bytes()).hexdigest()[:10]  # a changed zoo is re-measured
-    path = _cache_dir() / f"{name}-{size}-t{threads}-b{batch}-{code}.json"
+    path = _cache_dir() / f"{name}-{size}-t{threads}-b{batch}-{code}-f{_CACHE_FORMAT}.json"
     if cache and path.exists():
         graph = OpGraph.from_json(path.read_text())
     else:

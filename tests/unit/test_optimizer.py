@@ -322,3 +322,20 @@ def test_restricted_milp_never_uses_a_route_outside_its_bounds():
     sub = restricted_milp(planner.table, planner.problem.solve(20), upper, 20)
     assert sub.status == "optimal" and sub.f.sum() > 0
     assert np.all(sub.f[upper == 0] == 0)
+
+
+def test_milp_starts_from_the_given_plan():
+    """A MIP start is HiGHS's first incumbent: with a 99% gap tolerance it stops at once and returns it."""
+    from isthmus.optimizer.generate import generate_spec
+    from isthmus.optimizer.geo import GeoProblem, round_up
+
+    planner = GeoPlanner(generate_spec(1, 5, 12), method="lp-round", time_limit_s=20)
+    upper = planner._upper()
+    planner.problem.set_parameters(upper)
+    rounded = round_up(planner.table, planner.problem.solve(20))
+    costs = []
+    for start in (None, rounded):
+        problem = GeoProblem(planner.table, integer=True)
+        problem.set_parameters(upper)
+        costs.append(planner._cost(problem.solve(20, mip_rel_gap=0.99, start=start)))
+    assert costs[1] == pytest.approx(planner._cost(rounded)) and costs[0] != pytest.approx(costs[1])

@@ -198,6 +198,19 @@ def test_parallel_branches_are_defined_by_work_not_by_shape():
     assert residual.branch_width(min_share=0.0) == 2  # structurally it does branch
 
 
+def test_learned_policy_from_one_device_moves_a_whole_branch_to_the_other():
+    """Fork, two heavy 3-op branches, join: the policy must co-locate one branch's ops on the second device."""
+    graph = _weighted_graph([0.1, 1, 1, 1, 1, 1, 1, 0.1], [(0, 1), (1, 2), (2, 3), (0, 4), (4, 5), (5, 6), (3, 7),
+                                                          (6, 7)])
+    lat, bw = LINKS["nvlink"]
+    ds = DeviceSet([graph.host] * 2, np.full((2, 2), lat) * (1 - np.eye(2)), np.full((2, 2), bw))
+    r = learn_placement(graph, ds, init=np.zeros(graph.n, dtype=int), episodes=30, batch=8, seed=0)
+    assert r.seed_makespan_ms == pytest.approx(6.2)
+    assert r.makespan_ms < 3.3  # 0.1 + 3 + 0.1 plus two tiny transfers
+    a, b = r.placement[[1, 2, 3]], r.placement[[4, 5, 6]]
+    assert len(set(a)) == 1 and len(set(b)) == 1 and a[0] != b[0]
+
+
 @settings(max_examples=25, deadline=None)
 @given(n_ops=st.integers(2, 30), width=st.integers(1, 5), seed=st.integers(0, 10_000))
 def test_no_placement_beats_the_work_span_speedup_bound(n_ops, width, seed):
