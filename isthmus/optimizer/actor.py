@@ -191,7 +191,13 @@ def _pending_from_json(rows: list[list]) -> dict[str, dict]:
 
 
 class _OptimizerActor:
-    """Holds Spec and Plan, takes telemetry, watches site liveness, re-plans and rolls the plan out."""
+    """Holds Spec and Plan, takes telemetry, watches site liveness, re-plans and rolls the plan out.
+
+    `serve_options` go to `serve_config` (ports, tracing); `ingress_resources` pins the ingress;
+    `watch_interval_s` / `probe_timeout_s` / `suspect_after` set the liveness watch and `poll_interval_s`
+    the telemetry pull (None = off); both run only in a named Ray actor (its state key). `restore=True`
+    makes a freshly created actor adopt the persisted state of its name (a restart by Ray always does).
+    """
 
     def __init__(self, spec: dict, plan: dict | None = None, *, serve_options: dict | None = None,
                  drift_threshold: float = 0.2, method: str = "auto", time_limit_s: float = 30.0,
@@ -206,6 +212,8 @@ class _OptimizerActor:
         for name, value in (("watch_interval_s", watch_interval_s), ("poll_interval_s", poll_interval_s)):
             if value is not None and not 0.1 <= value <= 3600:
                 raise ValueError(f"{name} is {value}. To fix: give seconds in [0.1, 3600], or None to turn it off")
+        if not 0 < probe_timeout_s <= 60:
+            raise ValueError(f"probe_timeout_s is {probe_timeout_s}. To fix: give seconds in (0, 60], e.g. 2.0")
         self._serve_options = dict(serve_options or {})
         self._ingress_resources = dict(ingress_resources or {})
         self._threshold = drift_threshold

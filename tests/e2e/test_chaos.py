@@ -292,10 +292,9 @@ def test_pulled_telemetry_replans_past_the_threshold(chaos) -> None:
     # machine; capacity = spec capacity · spec latency / measured latency) still fit.
     plan = Plan.model_validate(ray.get(chaos["optimizer"].plan.remote()))
     spec = parse_spec(dict(SPEC, sources=[dict(SPEC["sources"][0], rate_rps=5.0)]))
-    keep, move, periodic = (start_optimizer(spec, plan, name=f"chaos-poll-{name}", drift_threshold=threshold,
-                                            watch_interval_s=None, poll_interval_s=interval)
-                            for name, threshold, interval in (("keep", 1e9, None), ("move", 1e-6, None),
-                                                              ("periodic", 1e9, 0.5)))
+    keep, move = (start_optimizer(spec, plan, name=f"chaos-poll-{name}", drift_threshold=threshold,
+                                  watch_interval_s=None, poll_interval_s=interval)
+                  for name, threshold, interval in (("keep", 1e9, 0.5), ("move", 1e-6, None)))
     try:
         kept, moved = ray.get([keep.poll_once.remote(), move.poll_once.remote()], timeout=120)
         print(f"\npoll: measured {moved['measured']}, queue {moved['queue']}, drift {moved['drift']:.3f}")
@@ -307,12 +306,12 @@ def test_pulled_telemetry_replans_past_the_threshold(chaos) -> None:
         spec_after = ray.get(move.spec.remote())
         measured_cpu = spec_after["models"][0]["versions"][0]["latency_ms"]["cpu"]
         assert measured_cpu == pytest.approx(moved["measured"]["mlp/fp32/cpu"], rel=1e-3)
-        entry = _history_entry(periodic, lambda e: e["source"] == "poll", timeout_s=30)
-        assert entry is not None and entry["measured"], entry
+        entry = _history_entry(keep, lambda e: e["source"] == "poll" and e["at_unix"] > kept["at_unix"], 30)
+        assert entry is not None and entry["measured"], entry   # its periodic pull (every 0.5 s) runs too
         RESULTS["telemetry_pull"] = {"measured_latency_ms": moved["measured"], "queue": moved["queue"],
                                      "drift": round(moved["drift"], 4), "replan_s": round(moved["replan_s"], 4)}
     finally:
-        for actor in (keep, move, periodic):
+        for actor in (keep, move):
             ray.kill(actor, no_restart=True)
 
 
@@ -410,9 +409,9 @@ def test_region_loss_zero_lost_and_replan_within_10s(chaos) -> None:
     optimizer, cluster = chaos["optimizer"], chaos["cluster"]
     node_id = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and SITES[LOST] in n["Resources"])
     node = next(n for n in cluster.worker_nodes if n.node_id == node_id)
-    total, rate = 400, 16.0
+    total, rate = 320, 16.0
     load = _Load(chaos, total=total, rate_rps=rate, deadline_s=20.0).start()
-    time.sleep(6.0)
+    time.sleep(5.0)
     removed_at = time.time()
     cluster.remove_node(node, allow_graceful=False)   # sudden: Ray itself needs ~15 s to notice
     entry = _history_entry(optimizer, lambda e: LOST in e.get("lost_sites", []), timeout_s=60)
