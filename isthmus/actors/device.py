@@ -112,6 +112,9 @@ class _DeviceActor:
     def grpc_url(self) -> str:
         return self._server.grpc_url
 
+    def http_url(self) -> str:
+        return self._server.http_url
+
     def metrics_url(self) -> str:
         return self._server.metrics_url
 

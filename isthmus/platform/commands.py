@@ -110,6 +110,8 @@ def serve_config_command(
         grpc_port: int = typer.Option(9000, "--grpc-port"),
         triton_url: list[str] = typer.Option([], "--triton-url", help="SITE=HOST:PORT (default: the site's "
                                              "DeviceActor)."),
+        triton_protocol: str = typer.Option("grpc", "--triton-protocol", help="grpc, or http (Triton's HTTP "
+                                            "endpoint keeps every request's trace context)."),
         trace_jsonl: str = typer.Option(None, "--trace-jsonl", help="Append spans to this JSONL file."),
         otlp_endpoint: str = typer.Option(None, "--otlp-endpoint", help="Export spans over OTLP gRPC here.")) -> None:
     """Print the Serve config YAML that runs PLAN (`serve deploy` it, or `serve run` it)."""
@@ -131,7 +133,7 @@ def serve_config_command(
         tracing = TracingConfig(jsonl_path=trace_jsonl, otlp_endpoint=otlp_endpoint).model_dump(exclude_none=True)
         config = serve_config(loaded_plan, loaded_spec, triton_urls=_parse_urls(triton_url), http_port=http_port,
                               grpc_port=grpc_port, tracing=tracing if (trace_jsonl or otlp_endpoint) else None,
-                              edge_sites=edge)
+                              edge_sites=edge, triton_protocol=triton_protocol)
     except ValueError as err:
         _fail(str(err).splitlines()[-1] if "validation error" in str(err) else str(err))
     typer.echo(yaml.safe_dump(config, sort_keys=False))

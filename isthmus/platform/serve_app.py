@@ -10,7 +10,10 @@ Layout (one Serve *application* per box, so a re-plan adds or retires a site wit
            after Ray's ~15 s node health check)
     isthmus-site-<site>-<model>-<version>   one per (site, model version) of the plan
         └─ SiteModel, pinned with ray_actor_options={"resources": {"region:<site>": 0.01}}
-           (edge sites: "edge:<site>"), calls its node's Triton over gRPC (tritonclient.grpc.aio)
+           (edge sites: "edge:<site>"), calls its node's Triton over gRPC (tritonclient.grpc.aio), or
+           over HTTP (tritonclient.http.aio, binary tensors) with triton_protocol="http": Triton's HTTP
+           endpoint keeps every request's W3C trace context, its gRPC one loses some (the traceparent
+           metadata is read as a C string past its end; see tests/e2e/test_triton_trace_context.py)
 
 The routing table lives in the ingress's `user_config`, so new weights apply in place
 (`reconfigure`, no restart). `serve_config(plan, ...)` returns the Serve deploy config (the YAML of
@@ -45,6 +48,7 @@ INGRESS_APP = "isthmus-ingress"
 DEVICE_NAMESPACE = "isthmus"
 _SITE_PREFIX = "isthmus-site-"
 _ATTEMPT_TIMEOUT_S = 3.0
+_PROTOCOLS = ("grpc", "http")
 # `grpc_servicer_functions` entry for Serve's gRPC proxy: isthmus.v1.Inference with requests passed on as bytes
 GRPC_SERVICER = "isthmus.platform.serve_app.add_InferenceServicer_to_server"
 
@@ -190,16 +194,17 @@ def serve_config(plan: Plan, spec: Spec | None = None, *, triton_urls: dict[str,
                  http_port: int = 8000, grpc_port: int = 9000, tracing: dict[str, Any] | None = None,
                  plan_version: int = 0, keep_apps: Iterable[dict] = (), ingress_replicas: int = 1,
                  edge_sites: Iterable[str] = (), ingress_resources: dict[str, float] | None = None,
-                 attempt_timeout_s: float = _ATTEMPT_TIMEOUT_S) -> dict:
+                 attempt_timeout_s: float = _ATTEMPT_TIMEOUT_S, triton_protocol: str = "grpc") -> dict:
     """The Serve deploy config (a `ServeDeploySchema` dict) that runs `plan`.
 
     Site apps are pinned by resource `region:<site>` / `edge:<site>` (0.01 of the node's unit, num_cpus 0).
-    `triton_urls` maps site → Triton gRPC address; a missing site resolves at start-up through its
-    DeviceActor (`device_actor_name(site)`). `keep_apps` are extra site app configs to keep running.
+    `triton_urls` maps site → Triton address (gRPC, or HTTP with `triton_protocol="http"`); a missing site
+    resolves at start-up through its DeviceActor (`device_actor_name(site)`). `keep_apps` are extra site app configs to keep running.
     Without `spec`, sites in `edge_sites` are pinned as `edge:<site>`, all others as `region:<site>`.
     `ingress_resources` pins the ingress (e.g. `{"isthmus:head": 0.01}`, so losing a region cannot take it
     along); `attempt_timeout_s` is the ingress's floor of the per-attempt timeout max(attempt_timeout_s, 4·L_r).
     """
+    _check_protocol(triton_protocol)
     if attempt_timeout_s <= 0:
         raise ValueError(f"attempt_timeout_s is {attempt_timeout_s}. To fix: give a positive number of seconds, "
                          f"e.g. {_ATTEMPT_TIMEOUT_S}")
@@ -218,7 +223,8 @@ def serve_config(plan: Plan, spec: Spec | None = None, *, triton_urls: dict[str,
                 "name": entry.app, "route_prefix": None,
                 "import_path": "isthmus.platform.serve_app:site_app",
                 "args": {"site": entry.site, "model": entry.model, "version": entry.version,
-                         "triton_url": urls.get(entry.site), "tracing": tracing or {}},
+                         "triton_url": urls.get(entry.site), "tracing": tracing or {},
+                         **({"triton_protocol": triton_protocol} if triton_protocol != "grpc" else {})},
                 "deployments": [{"name": "SiteModel", "num_replicas": 1, "max_ongoing_requests": 64,
                                  "ray_actor_options": {"num_cpus": 0, "resources": {resource: 0.01}}}],
             }
@@ -389,34 +395,58 @@ def _span(name: str, context: Any = None, kind: str = "INTERNAL", attributes: di
                                         attributes=attributes or {})
 
 
+def _check_protocol(protocol: str) -> None:
+    if protocol not in _PROTOCOLS:
+        raise ValueError(f"triton_protocol {protocol!r} is not one of {list(_PROTOCOLS)}. To fix: use 'grpc' or 'http'")
+
+
 class _SiteModel:
-    """Runs a (site, model version)'s Triton models on this node: one async gRPC call per request."""
+    """Runs a (site, model version)'s Triton models on this node: one async call per request, through a
+    tritonclient aio client (gRPC or HTTP) made once per replica."""
 
     def __init__(self, site: str, model: str, version: str, triton_url: str | None = None,
-                 tracing: dict | None = None):
+                 tracing: dict | None = None, triton_protocol: str = "grpc"):
         from isthmus.platform.tracing import setup_tracing
 
-        self.site, self.model, self.version = site, model, version
-        self.triton_url = triton_url or _device_grpc_url(site)
+        _check_protocol(triton_protocol)
+        self.site, self.model, self.version, self.protocol = site, model, version, triton_protocol
+        self.triton_url = triton_url or _device_url(site, triton_protocol)
         setup_tracing(tracing, f"site:{site}")
         self._metrics = _Metrics(site_app_name(site, model, version))
         self._client: Any = None
 
-    def _triton(self):
-        if self._client is None:
-            import tritonclient.grpc.aio as aio
+    async def _infer(self, triton_model: str, array: np.ndarray, headers: dict) -> np.ndarray:
+        from tritonclient.utils import np_to_triton_dtype
 
-            self._client = aio.InferenceServerClient(self.triton_url)
-        return self._client
+        from isthmus.platform.triton import INPUT_NAME, OUTPUT_NAME
+
+        dtype = np_to_triton_dtype(array.dtype)
+        if self.protocol == "http":
+            import tritonclient.http as http
+            import tritonclient.http.aio as http_aio
+
+            if self._client is None:  # made inside the replica's event loop (aiohttp)
+                self._client = http_aio.InferenceServerClient(self.triton_url)
+            tensor = http.InferInput(INPUT_NAME, list(array.shape), dtype)
+            tensor.set_data_from_numpy(array, binary_data=True)
+            result = await self._client.infer(triton_model, [tensor], headers=headers, timeout=30,
+                                              outputs=[http.InferRequestedOutput(OUTPUT_NAME, binary_data=True)])
+        else:
+            import tritonclient.grpc as grpc
+            import tritonclient.grpc.aio as grpc_aio
+
+            if self._client is None:
+                self._client = grpc_aio.InferenceServerClient(self.triton_url)
+            tensor = grpc.InferInput(INPUT_NAME, list(array.shape), dtype)
+            tensor.set_data_from_numpy(array)
+            result = await self._client.infer(triton_model, [tensor], headers=headers, client_timeout=30.0)
+        return result.as_numpy(OUTPUT_NAME)
 
     async def __call__(self, payload: dict) -> dict:
         """payload: {"array": np.ndarray, "triton_model": str, "carrier": {traceparent}} → output and where."""
         import ray
-        from tritonclient.grpc import InferInput
-        from tritonclient.utils import np_to_triton_dtype
 
         from isthmus.platform.tracing import extract_context, inject_traceparent
-        from isthmus.platform.triton import INPUT_NAME, OUTPUT_NAME
 
         start = time.perf_counter()
         array = np.ascontiguousarray(payload["array"])
@@ -424,24 +454,22 @@ class _SiteModel:
         try:
             with _span("deployment", extract_context(payload.get("carrier")),
                        "SERVER", {"isthmus.site": self.site, "isthmus.model_version": self.version}):
-                with _span("triton.infer", kind="CLIENT", attributes={"rpc.system": "grpc",
+                with _span("triton.infer", kind="CLIENT", attributes={"rpc.system": self.protocol,
                                                                       "isthmus.triton_model": payload["triton_model"],
                                                                       "net.peer": self.triton_url}):
-                    tensor = InferInput(INPUT_NAME, list(array.shape), np_to_triton_dtype(array.dtype))
-                    tensor.set_data_from_numpy(array)
                     triton_start = time.perf_counter()
-                    result = await self._triton().infer(payload["triton_model"], [tensor],
-                                                        headers=inject_traceparent(), client_timeout=30.0)
+                    output = await self._infer(payload["triton_model"], array, inject_traceparent())
                     triton_ms = (time.perf_counter() - triton_start) * 1000
             ok = True
         finally:
             self._metrics.observe(self.site, self.version, (time.perf_counter() - start) * 1000,
                                   int(array.shape[0]) if array.ndim else 1, ok)
-        return {"output": result.as_numpy(OUTPUT_NAME), "site": self.site, "model_version": self.version,
+        return {"output": output, "site": self.site, "model_version": self.version,
                 "node_id": ray.get_runtime_context().get_node_id(), "triton_ms": triton_ms}
 
 
-def _device_grpc_url(site: str) -> str:
+def _device_url(site: str, protocol: str = "grpc") -> str:
+    """The Triton address (gRPC or HTTP) of the site's DeviceActor."""
     import ray
 
     try:
@@ -450,7 +478,7 @@ def _device_grpc_url(site: str) -> str:
         raise ValueError(f"site {site!r} has no triton_url and no DeviceActor named {device_actor_name(site)!r} "
                          f"in namespace {DEVICE_NAMESPACE!r}. To fix: start the site's DeviceActor with that name, "
                          "or pass triton_urls") from None
-    return ray.get(actor.grpc_url.remote(), timeout=30)
+    return ray.get((actor.http_url if protocol == "http" else actor.grpc_url).remote(), timeout=30)
 
 
 class _BadRequest(ValueError):
@@ -664,4 +692,5 @@ def site_app(args: dict):
         raise ValueError(f"site app args miss {missing}. To fix: build the config with isthmus serve-config")
     _, site = _deployments()
     return site.bind(site=args["site"], model=args["model"], version=args["version"],
-                     triton_url=args.get("triton_url"), tracing=args.get("tracing") or None)
+                     triton_url=args.get("triton_url"), tracing=args.get("tracing") or None,
+                     triton_protocol=args.get("triton_protocol") or "grpc")

@@ -76,7 +76,8 @@ def deployed(tmp_path_factory: pytest.TempPathFactory):
         triton.start(timeout_s=180)
         cluster = start_local_cluster(parse_spec(SPEC), dashboard_port=dashboard_port)
         yield {"tmp": tmp, "model": model, "dashboard": f"http://127.0.0.1:{dashboard_port}",
-               "http_port": http_port, "grpc_port": grpc_port, "triton_url": triton.grpc_url}
+               "http_port": http_port, "grpc_port": grpc_port, "triton_url": triton.grpc_url,
+               "triton_http_url": triton.http_url}
     finally:
         if cluster is not None:
             from ray import serve
@@ -129,9 +130,17 @@ def test_serve_deploy_runs_the_serve_config_yaml(deployed) -> None:
     deploy = _run([*_serve_cli(), "deploy", str(tmp / "serve.yaml"), "-a", deployed["dashboard"]])
     assert deploy.returncode == 0, deploy.stdout + deploy.stderr
 
+    _wait_running(deployed["dashboard"])
+    reply = _infer_http(deployed, _x(2))
+    assert reply["site"] == "us-east"
+    nodes = {n["NodeID"]: n["Resources"] for n in ray.nodes() if n["Alive"]}
+    assert "region:us-east" in nodes[reply["node_id"]], nodes[reply["node_id"]]
+
+
+def _wait_running(dashboard: str) -> dict:
     deadline, status = time.monotonic() + 240, {}
     while time.monotonic() < deadline:
-        shown = _run([*_serve_cli(), "status", "-a", deployed["dashboard"]], timeout_s=60)
+        shown = _run([*_serve_cli(), "status", "-a", dashboard], timeout_s=60)
         status = yaml.safe_load(shown.stdout) or {} if shown.returncode == 0 else {}
         apps = status.get("applications") or {}
         if apps and all(a.get("status") == "RUNNING" for a in apps.values()):
@@ -142,17 +151,18 @@ def test_serve_deploy_runs_the_serve_config_yaml(deployed) -> None:
     site = serve_app.site_app_name("us-east", "mlp", "fp32")
     assert {serve_app.INGRESS_APP, site} <= set(apps), status
     assert all(a["status"] == "RUNNING" for a in apps.values()), status
+    return status
 
-    x = _x(2)
+
+def _infer_http(deployed: dict, x: np.ndarray) -> dict:
+    """POST through Serve's HTTP proxy; checks the output against the torch model."""
     request = urllib.request.Request(f"http://127.0.0.1:{deployed['http_port']}/", data=json.dumps(
         {"service": "detect", "input": x.tolist()}).encode(), headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - 127.0.0.1
         reply = json.loads(response.read())
     expected = deployed["model"](torch.from_numpy(x)).detach().numpy()
     np.testing.assert_allclose(np.asarray(reply["output"], dtype=np.float32), expected, atol=1e-5)
-    assert reply["site"] == "us-east"
-    nodes = {n["NodeID"]: n["Resources"] for n in ray.nodes() if n["Alive"]}
-    assert "region:us-east" in nodes[reply["node_id"]], nodes[reply["node_id"]]
+    return reply
 
 
 def test_a_users_grpc_client_works_through_serves_grpc_proxy(deployed) -> None:
@@ -182,3 +192,48 @@ def test_a_users_grpc_client_works_through_serves_grpc_proxy(deployed) -> None:
     expected = deployed["model"](torch.from_numpy(x)).detach().numpy()
     np.testing.assert_allclose(_proto.decode_tensor(reply.output), expected, atol=1e-5)
     assert reply.served_by.startswith("us-east@") and list(reply.prediction) == list(expected.argmax(axis=1))
+
+
+def test_redeploy_with_tritons_http_endpoint(deployed) -> None:
+    """`--triton-protocol http`: the site deployment calls Triton's HTTP endpoint (binary tensors); a gRPC client
+    pointed at an HTTP port would fail, so a correct reply shows the protocol switch took."""
+    tmp = deployed["tmp"]
+    config = _run([*_ISTHMUS, "serve-config", str(tmp / "plan.json"), "--spec", str(tmp / "spec.yaml"),
+                   "--http-port", str(deployed["http_port"]), "--grpc-port", str(deployed["grpc_port"]),
+                   "--triton-url", f"us-east={deployed['triton_http_url']}", "--triton-protocol", "http"],
+                  timeout_s=120)
+    assert config.returncode == 0, config.stderr
+    site = next(a for a in yaml.safe_load(config.stdout)["applications"] if a["name"] != serve_app.INGRESS_APP)
+    assert site["args"]["triton_protocol"] == "http"
+    (tmp / "serve-http.yaml").write_text(config.stdout)
+    before = _replica_ids(site["name"])
+    deploy = _run([*_serve_cli(), "deploy", str(tmp / "serve-http.yaml"), "-a", deployed["dashboard"]])
+    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+    deadline = time.monotonic() + 240
+    while not (_replica_ids(site["name"]) - before and _deployed_args(site["name"]).get("triton_protocol") == "http"):
+        assert time.monotonic() < deadline, (before, _replica_ids(site["name"]))
+        time.sleep(1)
+    _wait_running(deployed["dashboard"])
+    for rows in (1, 3):
+        assert _infer_http(deployed, _x(rows))["site"] == "us-east"
+    bad = _run([*_ISTHMUS, "serve-config", str(tmp / "plan.json"), "--spec", str(tmp / "spec.yaml"),
+                "--triton-protocol", "udp"], timeout_s=120)
+    assert bad.returncode == 2 and "To fix" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+
+
+def _serve_details() -> dict:
+    from ray.serve.context import _get_global_client
+
+    return _get_global_client().get_serve_details()
+
+
+def _replica_ids(app: str) -> set[str]:
+    """Ids of the app's RUNNING SiteModel replicas (new args replace them)."""
+    app_details = _serve_details()["applications"].get(app) or {}
+    deployment = (app_details.get("deployments") or {}).get("SiteModel") or {}  # empty while the app rebuilds
+    return {r["replica_id"] for r in deployment.get("replicas", []) if r.get("state") == "RUNNING"}
+
+
+def _deployed_args(app: str) -> dict:
+    app_details = _serve_details()["applications"].get(app) or {}
+    return (app_details.get("deployed_app_config") or {}).get("args") or {}
