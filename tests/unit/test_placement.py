@@ -198,6 +198,21 @@ def test_parallel_branches_are_defined_by_work_not_by_shape():
     assert residual.branch_width(min_share=0.0) == 2  # structurally it does branch
 
 
+def test_transfers_overlap_compute_and_a_tensor_crosses_once_per_device():
+    """a feeds b (same device) and c, d (other device): a's tensor crosses the link once, while b computes.
+    makespan = max(a + b, a + transfer + c + d)."""
+    graph = _weighted_graph([1.0, 2.0, 0.5, 0.5], [(0, 1), (0, 2), (0, 3)])
+    graph.out_bytes[:] = 12e6  # 1 ms on a 12 GB/s link
+    lat, bw = 0.01, 12.0
+    ds = DeviceSet([graph.host] * 2, np.full((2, 2), lat) * (1 - np.eye(2)), np.full((2, 2), bw))
+    r = simulate(graph, ds, [0, 0, 1, 1], timeline=True)
+    transfers = [e for e in r.timeline if e.kind == "transfer" and e.name == "op0"]
+    assert len(transfers) == 1 and transfers[0].start_ms == pytest.approx(1.0)  # sent once for two consumers
+    b = next(e for e in r.timeline if e.kind == "op" and e.name == "op1")
+    assert b.start_ms == pytest.approx(1.0)  # device 0 computes while the tensor is on the link
+    assert r.makespan_ms == pytest.approx(max(1.0 + 2.0, 1.0 + lat + 1.0 + 0.5 + 0.5))
+
+
 def test_learned_policy_from_one_device_moves_a_whole_branch_to_the_other():
     """Fork, two heavy 3-op branches, join: the policy must co-locate one branch's ops on the second device."""
     graph = _weighted_graph([0.1, 1, 1, 1, 1, 1, 1, 0.1], [(0, 1), (1, 2), (2, 3), (0, 4), (4, 5), (5, 6), (3, 7),
