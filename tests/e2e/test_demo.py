@@ -3,13 +3,15 @@
 One real run: local Ray cluster, Serve + Triton, control plane, two edge-agent processes with
 token-bucket uplinks, a bandwidth drop midway. Asserts: no failed request; at least one re-plan,
 with the split moving toward the device after the drop; measured p50 within 25 % of predicted for
-every service; every request's trace covers edge agent → ingress → deployment → Triton; the
-report and trace files are written.
+every service; every request's trace covers edge agent → ingress → deployment → Triton (the deployments
+call Triton over HTTP: over gRPC Triton loses a few percent of trace contexts, see
+test_triton_trace_context.py); the report and trace files are written and render in headless Chromium.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -67,6 +69,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     except Exception as err:  # noqa: BLE001
         pytest.skip(f"no tritonserver binary: {err}")
     out = tmp_path_factory.mktemp("demo") / "out"
+    load_before = os.getloadavg()[0]
     start = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "isthmus.cli", "demo", "--quick", "--out", str(out)],
                             capture_output=True, text=True, timeout=840)
@@ -75,7 +78,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
     assert "Traceback" not in result.stderr
     return {"out": out, "seconds": seconds, "summary": json.loads((out / "summary.json").read_text()),
-            "stdout": result.stdout}
+            "stdout": result.stdout, "load": max(load_before, os.getloadavg()[0])}
 
 
 def test_no_failed_request(demo_run) -> None:
@@ -83,10 +86,16 @@ def test_no_failed_request(demo_run) -> None:
     assert requests["sent"] >= 100 and requests["failed"] == 0 and requests["ok"] == requests["sent"], requests
 
 
-@pytest.mark.xfail(strict=False, reason="machine-load dependent: 158 s, 309 s and 381 s on this shared 2-core "
-                   "machine (load average ~20; the 4 raylets and 2 Tritons alone took 2-4 min to come up when it "
-                   "was busiest)")
+# 2 cores: a 1-minute load average above this means other processes took most of the CPU during the run
+_QUIET_LOAD = 3.0
+
+
 def test_quick_demo_under_5_minutes(demo_run) -> None:
+    """Only meaningful on a quiet machine: on this shared 2-core box at load ~20 the 4 raylets and 2 Tritons
+    alone took 2-4 min to come up (158 s quiet; 309, 341 and 381 s loaded)."""
+    if demo_run["load"] > _QUIET_LOAD:
+        pytest.skip(f"load average {demo_run['load']:.1f} > {_QUIET_LOAD} on {os.cpu_count()} cores during the "
+                    f"run (it took {demo_run['seconds']:.0f} s): the 5-minute bound is for a quiet machine")
     assert demo_run["seconds"] < 300, demo_run["seconds"]
 
 
@@ -114,13 +123,11 @@ def test_every_trace_covers_agent_ingress_deployment_and_the_triton_call(demo_ru
     assert traces["count"] >= requests["ok"] and traces["complete_to_triton_client"] == traces["count"], traces
 
 
-@pytest.mark.xfail(strict=True, reason="about 6 % of requests (18/406 and 23/359 in two runs): Triton starts a fresh "
-                   "trace instead of continuing the traceparent it was sent (its InferRequest span has no parent and "
-                   "a new trace id), with and without dynamic batching; every other hop is always in the trace")
 def test_every_trace_covers_agent_ingress_deployment_triton(demo_run) -> None:
     traces, requests = demo_run["summary"]["traces"], demo_run["summary"]["requests"]
     assert traces["hops"] == ["edge_agent", "ingress", "deployment", "triton"]
     assert traces["count"] >= requests["ok"] and traces["complete"] == traces["count"], traces
+    assert traces["triton_orphans"] == 0, traces  # no Triton trace started afresh (the gRPC bug; HTTP is used)
     assert traces["min_spans"] >= 4
     lines = (demo_run["out"] / "traces.jsonl").read_text().splitlines()
     assert len(lines) == traces["spans"]
