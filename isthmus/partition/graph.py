@@ -159,11 +159,17 @@ def load_graph(path: str | Path) -> PartitionGraph:
         text = path.read_text()
     except OSError as err:
         raise GraphError([("(file)", f"cannot read: {err.strerror}. To fix: check the path")], str(path)) from None
+    except UnicodeDecodeError as err:
+        raise GraphError([("(file)", f"not UTF-8 text (byte {err.start}). To fix: save the file as UTF-8")],
+                         str(path)) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise GraphError([(f"line {err.lineno}, column {err.colno}", f"not valid JSON: {err.msg}")],
                          str(path)) from None
+    except RecursionError:
+        raise GraphError([("(file)", "nested too deeply to read. To fix: a partition graph is a flat list of "
+                           "nodes; flatten the nesting")], str(path)) from None
     return parse_graph(data, str(path))
 
 
