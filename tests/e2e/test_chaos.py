@@ -77,15 +77,16 @@ def chaos(tmp_path_factory: pytest.TempPathFactory):
                 resources={resource: 0.01}).remote(site, "cpu", [triton_model])
         started = [d.start.remote() for d in devices.values()]
         http_port = free_port()
-        optimizer = start_optimizer(spec, serve_options={"http_port": http_port, "grpc_port": free_port()},
-                                    drift_threshold=0.2, resources={"isthmus:head": 0.01},
-                                    ingress_resources={"isthmus:head": 0.01}, watch_interval_s=0.5,
-                                    probe_timeout_s=2.0, suspect_after=2)
+        options = {"serve_options": {"http_port": http_port, "grpc_port": free_port()}, "drift_threshold": 0.2,
+                   "resources": {"isthmus:head": 0.01}, "ingress_resources": {"isthmus:head": 0.01},
+                   "watch_interval_s": 0.5, "probe_timeout_s": 2.0, "suspect_after": 2}
+        optimizer = start_optimizer(spec, **options)
         ray.get(optimizer.deploy.remote(), timeout=300)
         urls = dict(zip(devices, ray.get(started, timeout=300)))
         triton_ports = {site: int(url.rsplit(":", 1)[1]) for site, url in urls.items()}
         x = np.random.default_rng(0).standard_normal((1, 16)).astype(np.float32)
-        yield {"cluster": cluster, "spec": spec, "optimizer": optimizer, "devices": devices, "port": http_port,
+        yield {"cluster": cluster, "spec": spec, "optimizer": optimizer, "options": options, "devices": devices,
+               "port": http_port,
                "x": x, "expected": model(torch.from_numpy(x)).detach().numpy()}
     finally:
         from ray import serve
@@ -355,7 +356,7 @@ def test_triton_crash_under_load_zero_lost(chaos) -> None:
 
 
 def test_optimizer_crash_restores_spec_plan_telemetry_and_reattaches(chaos) -> None:
-    from isthmus.optimizer.actor import OPTIMIZER_NAME, OPTIMIZER_NAMESPACE
+    from isthmus.optimizer.actor import OPTIMIZER_NAME, OPTIMIZER_NAMESPACE, start_optimizer
 
     optimizer = chaos["optimizer"]
     ray.get(optimizer.report.remote({"rates_rps": {"cams": 260.0}}), timeout=120)  # kept as pending telemetry
@@ -387,6 +388,19 @@ def test_optimizer_crash_restores_spec_plan_telemetry_and_reattaches(chaos) -> N
     records = load.join()
     _assert_zero_lost(records, load.sent)   # the Serve app kept serving while the optimizer was down
     assert _outcomes(records)["timeout"] == 0
+    # Killed for good, then created anew with restore=True: it adopts the persisted state of its name.
+    before = {name: ray.get(getattr(optimizer, name).remote(), timeout=60) for name in ("plan", "history")}
+    ray.kill(optimizer, no_restart=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:   # the name is released once Ray has the actor dead
+        try:
+            ray.get_actor(OPTIMIZER_NAME, namespace=OPTIMIZER_NAMESPACE)
+        except ValueError:
+            break
+        time.sleep(0.2)
+    optimizer = chaos["optimizer"] = start_optimizer(chaos["spec"], restore=True, **chaos["options"])
+    assert ray.get(optimizer.status.remote(), timeout=120)["restored"]
+    assert {name: ray.get(getattr(optimizer, name).remote(), timeout=60) for name in ("plan", "history")} == before
     history = ray.get(optimizer.history.remote())
     assert any(e["telemetry"] == [["rates_rps", "cams", 260.0]] for e in history), history[-3:]
     # A re-plan still works and rolls out onto the running Serve app: eu-west gets dearer, us-east takes more.
