@@ -428,6 +428,7 @@ def run_demo(out: Path, settings: DemoSettings, progress: Any = None) -> dict[st
     from isthmus.platform.triton import find_tritonserver
 
     step = progress or (lambda _s: None)
+    out = Path(out).resolve()  # agent configs hold paths, which an agent resolves against its config's folder
     try:
         find_tritonserver()
     except Exception as err:  # noqa: BLE001 - any failure to find the binary stops the demo the same way

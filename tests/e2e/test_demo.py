@@ -68,10 +68,12 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         find_tritonserver()
     except Exception as err:  # noqa: BLE001
         pytest.skip(f"no tritonserver binary: {err}")
-    out = tmp_path_factory.mktemp("demo") / "out"
+    work = tmp_path_factory.mktemp("demo")
+    out = work / "out"
     load_before = os.getloadavg()[0]
     start = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "isthmus.cli", "demo", "--quick", "--out", str(out)],
+    # a relative --out, like `make demo`'s default demo-out/ (the agents must get absolute paths)
+    result = subprocess.run([sys.executable, "-m", "isthmus.cli", "demo", "--quick", "--out", "out"], cwd=work,
                             capture_output=True, text=True, timeout=840)
     seconds = time.monotonic() - start
     print(result.stdout[-6000:], result.stderr[-3000:], f"\ndemo --quick took {seconds:.0f} s")
