@@ -16,7 +16,7 @@ Numbers the plan is made from (all measured here, none given):
     bytes:    what an agent puts on its uplink per request (the encoded InferRequest), raw input
               or split activation;
     rtt_ms:   the path's fixed overhead O = p50(measured) − compute − 8·bytes/bandwidth, from a
-              short calibration run on the deployed system;
+              short calibration run on the deployed system, after a warm-up whose latencies are dropped;
     route:    L_r = head_ms + O + 8·bytes_r/bandwidth + tail_ms   (shared/DESIGN.md, Spec v1).
 
 To make the re-plan visible, split tails are offered in eu-west only (the dearer region) and the
@@ -62,6 +62,7 @@ class DemoError(RuntimeError):
 class DemoSettings:
     """Durations and load of one demo run (`--quick` shortens the phases)."""
 
+    warmup_s: float = 4.0    # load whose latencies are dropped: first calls open connections, warm caches
     calibrate_s: float = 8.0
     before_s: float = 30.0
     after_s: float = 40.0
@@ -454,8 +455,9 @@ def run_demo(out: Path, settings: DemoSettings, progress: Any = None) -> dict[st
         runtime.start_cluster(guess)
         step("deploy the first plan on Serve; control plane and two edge agents")
         runtime.deploy_initial(guess)
-        step(f"calibrate the path overhead ({settings.calibrate_s:g} s of load)")
+        step(f"warm up ({settings.warmup_s:g} s), calibrate the path overhead ({settings.calibrate_s:g} s of load)")
         data = _digits_test()
+        _drive(runtime.agents, data, _State(t0=state.t0), settings.warmup_s, settings.rate_rps_per_agent, "warmup")
         calib = _State(t0=state.t0)
         _drive(runtime.agents, data, calib, settings.calibrate_s, settings.rate_rps_per_agent, "calibrate")
         good = [s.latency_ms for s in calib.samples if s.ok]
