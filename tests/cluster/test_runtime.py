@@ -25,7 +25,7 @@ torch = pytest.importorskip("torch")
 
 from isthmus.platform import serve_app  # noqa: E402
 from isthmus.platform.tracing import OtlpHttpReceiver, load_spans, summarize, triton_trace_config  # noqa: E402
-from isthmus.platform.triton import INPUT_NAME, OUTPUT_NAME, TritonModel, find_tritonserver, free_port  # noqa: E402
+from isthmus.platform.triton import INPUT_NAME, OUTPUT_NAME, TritonModel, free_port  # noqa: E402
 from isthmus.spec import Plan, parse_spec  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -61,19 +61,12 @@ class _OtlpGrpcReceiver:
 
 
 @pytest.fixture(scope="module")
-def runtime(tmp_path_factory: pytest.TempPathFactory):
-    try:
-        find_tritonserver()
-    except Exception as err:  # noqa: BLE001
-        pytest.skip(f"no tritonserver binary: {err}")
+def runtime(tmp_path_factory: pytest.TempPathFactory, tritonserver: str, mlp_torchscript: Path):
     from isthmus.actors.device import DeviceActor
     from isthmus.optimizer.actor import start_optimizer
     from isthmus.platform.cluster import start_local_cluster
 
     tmp = tmp_path_factory.mktemp("runtime")
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4)).eval()
-    torch.jit.save(torch.jit.script(model), str(tmp / "mlp.pt"))
     spans_path = str(tmp / "spans.jsonl")
     otlp = _OtlpGrpcReceiver()
     triton_spans = OtlpHttpReceiver(spans_path).start()
@@ -81,7 +74,7 @@ def runtime(tmp_path_factory: pytest.TempPathFactory):
     cluster = start_local_cluster(spec)
     devices = {}
     try:
-        triton_model = TritonModel(name=serve_app.triton_model_name("mlp", "fp32"), torchscript_path=tmp / "mlp.pt",
+        triton_model = TritonModel(name=serve_app.triton_model_name("mlp", "fp32"), torchscript_path=mlp_torchscript,
                                    input_shape=(16,), max_batch_size=8, max_queue_delay_us=500)
         for site, resource in SITES.items():
             devices[site] = DeviceActor.options(
@@ -96,6 +89,7 @@ def runtime(tmp_path_factory: pytest.TempPathFactory):
                                     resources={"isthmus:head": 0.01})
         deploy_s = ray.get(optimizer.deploy.remote(), timeout=300)
         urls = dict(zip(devices, ray.get(started, timeout=300)))
+        model = torch.jit.load(str(mlp_torchscript))
         yield {"spec": spec, "model": model, "optimizer": optimizer, "devices": devices, "triton_urls": urls,
                "http": f"http://127.0.0.1:{http_port}/", "grpc_port": grpc_port, "spans": spans_path,
                "otlp": otlp, "deploy_s": deploy_s, "address": cluster.address, "http_port": http_port,

@@ -25,7 +25,7 @@ ray = pytest.importorskip("ray")
 torch = pytest.importorskip("torch")
 
 from isthmus.platform import serve_app  # noqa: E402
-from isthmus.platform.triton import TritonModel, TritonServer, find_tritonserver, free_port  # noqa: E402
+from isthmus.platform.triton import TritonModel, TritonServer, free_port  # noqa: E402
 from isthmus.platform.triton import write_model_repository  # noqa: E402
 from isthmus.spec import parse_spec  # noqa: E402
 
@@ -55,19 +55,12 @@ def _serve_cli() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def deployed(tmp_path_factory: pytest.TempPathFactory):
-    try:
-        find_tritonserver()
-    except Exception as err:  # noqa: BLE001
-        pytest.skip(f"no tritonserver binary: {err}")
+def deployed(tmp_path_factory: pytest.TempPathFactory, tritonserver: str, mlp_torchscript: Path):
     from isthmus.platform.cluster import start_local_cluster
 
     tmp = tmp_path_factory.mktemp("deploy")
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4)).eval()
-    torch.jit.save(torch.jit.script(model), str(tmp / "mlp.pt"))
     repo = write_model_repository(tmp / "repo", [TritonModel(
-        name=serve_app.triton_model_name("mlp", "fp32"), torchscript_path=tmp / "mlp.pt", input_shape=(16,))])
+        name=serve_app.triton_model_name("mlp", "fp32"), torchscript_path=mlp_torchscript, input_shape=(16,))])
     triton = TritonServer(repo, log_dir=tmp / "triton-logs")
     dashboard_port, http_port, grpc_port = free_port(), free_port(), free_port()
     (tmp / "spec.yaml").write_text(yaml.safe_dump(SPEC))
@@ -75,6 +68,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory):
     try:
         triton.start(timeout_s=180)
         cluster = start_local_cluster(parse_spec(SPEC), dashboard_port=dashboard_port)
+        model = torch.jit.load(str(mlp_torchscript))
         yield {"tmp": tmp, "model": model, "dashboard": f"http://127.0.0.1:{dashboard_port}",
                "http_port": http_port, "grpc_port": grpc_port, "triton_url": triton.grpc_url,
                "triton_http_url": triton.http_url}

@@ -49,7 +49,7 @@ from test_chaos import _Load, _outcomes  # noqa: E402
 from test_soak import _p99, _rss_mb, _Sampler, _slope_per_min  # noqa: E402
 
 from isthmus.platform import serve_app  # noqa: E402
-from isthmus.platform.triton import TritonModel, find_tritonserver, free_port  # noqa: E402
+from isthmus.platform.triton import TritonModel, free_port  # noqa: E402
 from isthmus.spec import parse_spec  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -123,11 +123,7 @@ def _pids_to_sample(device_pid: int) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def runtime(tmp_path_factory: pytest.TempPathFactory):
-    try:
-        find_tritonserver()
-    except Exception as err:  # noqa: BLE001
-        pytest.skip(f"no tritonserver binary: {err}")
+def runtime(tmp_path_factory: pytest.TempPathFactory, tritonserver: str):
     from isthmus.actors.device import DeviceActor
     from isthmus.optimizer import plan_spec
     from isthmus.platform.cluster import start_local_cluster

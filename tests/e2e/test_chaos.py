@@ -29,7 +29,7 @@ torch = pytest.importorskip("torch")
 
 from isthmus.optimizer.actor import degraded_plan, measured_latency_ms, telemetry_drift, with_lost_sites  # noqa: E402
 from isthmus.platform import serve_app  # noqa: E402
-from isthmus.platform.triton import TritonModel, find_tritonserver, free_port  # noqa: E402
+from isthmus.platform.triton import TritonModel, free_port  # noqa: E402
 from isthmus.spec import Plan, parse_spec  # noqa: E402
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -52,24 +52,17 @@ def _write_results() -> None:
 
 
 @pytest.fixture(scope="module")
-def chaos(tmp_path_factory: pytest.TempPathFactory):
-    try:
-        find_tritonserver()
-    except Exception as err:  # noqa: BLE001
-        pytest.skip(f"no tritonserver binary: {err}")
+def chaos(tmp_path_factory: pytest.TempPathFactory, tritonserver: str, mlp_torchscript: Path):
     from isthmus.actors.device import DeviceActor
     from isthmus.optimizer.actor import start_optimizer
     from isthmus.platform.cluster import start_local_cluster
 
     tmp = tmp_path_factory.mktemp("chaos")
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4)).eval()
-    torch.jit.save(torch.jit.script(model), str(tmp / "mlp.pt"))
     spec = parse_spec(SPEC)
     cluster = start_local_cluster(spec)
     devices, triton_ports = {}, {}
     try:
-        triton_model = TritonModel(name=serve_app.triton_model_name("mlp", "fp32"), torchscript_path=tmp / "mlp.pt",
+        triton_model = TritonModel(name=serve_app.triton_model_name("mlp", "fp32"), torchscript_path=mlp_torchscript,
                                    input_shape=(16,), max_batch_size=8, max_queue_delay_us=500)
         for site, resource in SITES.items():
             devices[site] = DeviceActor.options(
@@ -87,7 +80,7 @@ def chaos(tmp_path_factory: pytest.TempPathFactory):
         x = np.random.default_rng(0).standard_normal((1, 16)).astype(np.float32)
         yield {"cluster": cluster, "spec": spec, "optimizer": optimizer, "options": options, "devices": devices,
                "port": http_port,
-               "x": x, "expected": model(torch.from_numpy(x)).detach().numpy()}
+               "x": x, "expected": torch.jit.load(str(mlp_torchscript))(torch.from_numpy(x)).detach().numpy()}
     finally:
         from ray import serve
 

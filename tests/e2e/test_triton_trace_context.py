@@ -30,16 +30,12 @@ _N_GRPC = 400           # at the ~3-6 % loss measured here, P(no loss in 400) < 
 
 
 @pytest.fixture(scope="module")
-def triton(tmp_path_factory: pytest.TempPathFactory):
+def triton(tmp_path_factory: pytest.TempPathFactory, tritonserver: str):
     import torch
 
     from isthmus.platform.tracing import OtlpHttpReceiver, triton_trace_config
-    from isthmus.platform.triton import TritonModel, TritonServer, find_tritonserver, write_model_repository
+    from isthmus.platform.triton import TritonModel, TritonServer, write_model_repository
 
-    try:
-        find_tritonserver()
-    except Exception as err:  # noqa: BLE001
-        pytest.skip(f"no tritonserver binary: {err}")
     work = tmp_path_factory.mktemp("triton-trace")
     torch.jit.script(torch.nn.Linear(8, 4)).save(str(work / "m.pt"))
     repo = write_model_repository(work / "repo", [
