@@ -93,9 +93,10 @@ _QUIET_LOAD = 3.0
 
 
 def test_quick_demo_under_5_minutes(demo_run) -> None:
-    """Only meaningful on a quiet machine: on this shared 2-core box at load ~20 the 4 raylets and 2 Tritons
-    alone took 2-4 min to come up (158 s quiet; 309, 341 and 381 s loaded)."""
-    if demo_run["load"] > _QUIET_LOAD:
+    """The bound is for a quiet machine: on this shared 2-core box at load ~20 the 4 raylets and 2 Tritons
+    alone took 2-4 min to come up (158 s quiet; 309, 341 and 381 s loaded). A run under 300 s passes whatever the load;
+    an over-time run is skipped, with the load shown, only when the 1-minute load average was above 3."""
+    if demo_run["seconds"] >= 300 and demo_run["load"] > _QUIET_LOAD:
         pytest.skip(f"load average {demo_run['load']:.1f} > {_QUIET_LOAD} on {os.cpu_count()} cores during the "
                     f"run (it took {demo_run['seconds']:.0f} s): the 5-minute bound is for a quiet machine")
     assert demo_run["seconds"] < 300, demo_run["seconds"]
