@@ -207,7 +207,9 @@ class GeoProblem:
         try:
             # SciPy's canonicalisation backend builds the parameter→data maps vectorised (the C++ one
             # loops per parameter entry: 10× slower with a route-sized Parameter).
-            warm = start is not None and self.integer and self._load_start(start)
+            warm = start is not None and self.integer
+            if warm:
+                self._load_start(start)
             self.problem.solve(solver=self.solver, verbose=False, warm_start=warm,
                                canon_backend=cp.SCIPY_CANON_BACKEND, **opts)
         except cp.error.SolverError as err:
@@ -235,7 +237,7 @@ class GeoProblem:
         return Solution(f, np.round(y) if self.integer else np.maximum(y, 0.0), status, seconds, bound, duals)
 
 
-    def _load_start(self, start: Solution) -> bool:
+    def _load_start(self, start: Solution) -> None:
         """Put `start` where cvxpy's HiGHS interface takes a warm start from (its solver cache), in the
         column order of the compiled problem: x = (cost, f, y) at their variable offsets."""
         import cvxpy as cp
@@ -254,7 +256,6 @@ class GeoProblem:
         solution.col_value = x.tolist()
         solution.value_valid = True
         self.problem._solver_cache[cp.HIGHS] = (None, None, {"model_status": "kOptimal", "solution": solution})
-        return True
 
 
 def _sparse(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
@@ -335,7 +336,7 @@ def restricted_milp(table: RouteTable, lp: Solution, upper: np.ndarray, time_lim
     problem = GeoProblem(table.subset(keep), integer=True)
     problem.set_parameters(upper[keep])
     kept_pv = np.unique(table.pv[keep][table.pv[keep] >= 0])
-    if start is not None and not np.any(start.f[np.setdiff1d(np.flatnonzero(start.f > 0), keep)]):
+    if start is not None and np.isin(np.flatnonzero(start.f > 0), keep).all():   # its routes all kept
         start = Solution(start.f[keep], start.y[kept_pv], start.status, 0.0, None)
     else:
         start = None
