@@ -514,7 +514,6 @@ class _Runtime:
     def start_cluster(self, spec: Any) -> None:
         import ray
 
-        from isthmus.actors.device import DeviceActor
         from isthmus.platform import serve_app
         from isthmus.platform.cluster import ClusterError, start_local_cluster
         from isthmus.platform.tracing import OtlpHttpReceiver, triton_trace_config
@@ -535,11 +534,9 @@ class _Runtime:
                  for s in self.splits]
         for region in REGIONS:
             models = [full, *tails] if region == TAIL_REGION else [full]
-            self.devices[region] = DeviceActor.options(
-                name=serve_app.device_actor_name(region), namespace=serve_app.DEVICE_NAMESPACE,
-                resources={f"region:{region}": 0.01}).remote(
-                    region, REGIONS[region][1], models, workdir=str(self.work / f"triton-{region}"),
-                    trace_config=triton_trace_config(self.receiver.url), start_timeout_s=300.0)
+            self.devices[region] = serve_app.start_site_device(
+                region, REGIONS[region][1], models, spec, workdir=str(self.work / f"triton-{region}"),
+                trace_config=triton_trace_config(self.receiver.url), start_timeout_s=300.0)
         try:
             ray.get([d.start.remote() for d in self.devices.values()], timeout=600)
         except Exception as err:  # noqa: BLE001 - a Ray task error wrapping TritonError, or a timeout

@@ -41,7 +41,8 @@ from isthmus.spec import Plan, Spec
 __all__ = [
     "INGRESS_APP", "RouteEntry", "RoutingTable", "WeightedRouter", "route_groups", "routing_table", "site_app_name",
     "triton_model_name", "site_resource", "serve_config", "apply_serve_config", "rollout", "ingress_app",
-    "site_app", "add_InferenceServicer_to_server", "device_actor_name", "DEVICE_NAMESPACE", "GRPC_SERVICER",
+    "site_app", "add_InferenceServicer_to_server", "device_actor_name", "start_site_device", "DEVICE_NAMESPACE",
+    "GRPC_SERVICER",
 ]
 
 INGRESS_APP = "isthmus-ingress"
@@ -108,6 +109,16 @@ def site_resource(site: str, spec: Spec | None = None, edge: bool | None = None)
             raise ValueError(f"site {site!r} is neither a region nor an edge site of spec {spec.name!r}. "
                              "To fix: plan with the same spec you deploy")
     return f"{'edge' if edge else 'region'}:{site}"
+
+
+def start_site_device(site: str, device: str, models: list, spec: Spec, **actor_kwargs: Any) -> Any:
+    """Create the site's DeviceActor where the Serve app and the OptimizerActor look it up: named
+    `device_actor_name(site)` in DEVICE_NAMESPACE, pinned to the site's node by `site_resource(site, spec)`.
+    `actor_kwargs` go to `DeviceActor(site, device, models, ...)`; call `.start.remote()` on the handle."""
+    from isthmus.actors.device import DeviceActor
+
+    return DeviceActor.options(name=device_actor_name(site), namespace=DEVICE_NAMESPACE,
+                               resources={site_resource(site, spec): 0.01}).remote(site, device, models, **actor_kwargs)
 
 
 def _model_of(spec: Spec | None, service: str) -> str:

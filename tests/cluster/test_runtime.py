@@ -62,7 +62,6 @@ class _OtlpGrpcReceiver:
 
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory: pytest.TempPathFactory, tritonserver: str, mlp_torchscript: Path):
-    from isthmus.actors.device import DeviceActor
     from isthmus.optimizer.actor import start_optimizer
     from isthmus.platform.cluster import start_local_cluster
 
@@ -76,11 +75,9 @@ def runtime(tmp_path_factory: pytest.TempPathFactory, tritonserver: str, mlp_tor
     try:
         triton_model = TritonModel(name=serve_app.triton_model_name("mlp", "fp32"), torchscript_path=mlp_torchscript,
                                    input_shape=(16,), max_batch_size=8, max_queue_delay_us=500)
-        for site, resource in SITES.items():
-            devices[site] = DeviceActor.options(
-                name=serve_app.device_actor_name(site), namespace=serve_app.DEVICE_NAMESPACE,
-                resources={resource: 0.01}).remote(site, "cpu", [triton_model],
-                                                  trace_config=triton_trace_config(triton_spans.url))
+        for site in SITES:
+            devices[site] = serve_app.start_site_device(site, "cpu", [triton_model], spec,
+                                                        trace_config=triton_trace_config(triton_spans.url))
         started = [d.start.remote() for d in devices.values()]  # Triton and Serve start side by side
         http_port, grpc_port = free_port(), free_port()
         tracing = {"jsonl_path": spans_path, "otlp_endpoint": f"127.0.0.1:{otlp.port}"}

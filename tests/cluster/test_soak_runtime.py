@@ -124,7 +124,6 @@ def _pids_to_sample(device_pid: int) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory: pytest.TempPathFactory, tritonserver: str):
-    from isthmus.actors.device import DeviceActor
     from isthmus.optimizer import plan_spec
     from isthmus.platform.cluster import start_local_cluster
 
@@ -139,8 +138,7 @@ def runtime(tmp_path_factory: pytest.TempPathFactory, tritonserver: str):
     try:
         triton_model = TritonModel(name=serve_app.triton_model_name("mlp", "fp32"), torchscript_path=tmp / "mlp.pt",
                                    input_shape=(_INPUT_FLOATS,), max_batch_size=8, max_queue_delay_us=500)
-        device = DeviceActor.options(name=serve_app.device_actor_name(_SITE), namespace=serve_app.DEVICE_NAMESPACE,
-                                     resources={f"region:{_SITE}": 0.01}).remote(_SITE, "cpu", [triton_model])
+        device = serve_app.start_site_device(_SITE, "cpu", [triton_model], spec)
         ray.get(device.start.remote(), timeout=300)   # the site app resolves Triton's URL through the actor
         http_port = free_port()
         config = serve_app.serve_config(plan, spec, http_port=http_port, grpc_port=free_port(),

@@ -53,7 +53,6 @@ def _write_results() -> None:
 
 @pytest.fixture(scope="module")
 def chaos(tmp_path_factory: pytest.TempPathFactory, tritonserver: str, mlp_torchscript: Path):
-    from isthmus.actors.device import DeviceActor
     from isthmus.optimizer.actor import start_optimizer
     from isthmus.platform.cluster import start_local_cluster
 
@@ -64,10 +63,8 @@ def chaos(tmp_path_factory: pytest.TempPathFactory, tritonserver: str, mlp_torch
     try:
         triton_model = TritonModel(name=serve_app.triton_model_name("mlp", "fp32"), torchscript_path=mlp_torchscript,
                                    input_shape=(16,), max_batch_size=8, max_queue_delay_us=500)
-        for site, resource in SITES.items():
-            devices[site] = DeviceActor.options(
-                name=serve_app.device_actor_name(site), namespace=serve_app.DEVICE_NAMESPACE,
-                resources={resource: 0.01}).remote(site, "cpu", [triton_model])
+        for site in SITES:
+            devices[site] = serve_app.start_site_device(site, "cpu", [triton_model], spec)
         started = [d.start.remote() for d in devices.values()]
         http_port = free_port()
         options = {"serve_options": {"http_port": http_port, "grpc_port": free_port()}, "drift_threshold": 0.2,
