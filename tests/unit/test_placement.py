@@ -306,3 +306,93 @@ def test_place_cli_json_and_bad_input(_cache):
                  ["place", "vgg", "--episodes", "-1"], ["place", "vgg", "--batch-size", "0"]):
         bad = runner.invoke(app, args)
         assert bad.exit_code == 2 and "To fix" in bad.output, args
+
+
+def _two_devices(host, lat=0.001, bw=1000.0, n=2):
+    return DeviceSet([host] * n, np.full((n, n), lat) * (1 - np.eye(n)), np.full((n, n), bw))
+
+
+def _brute_force_ms(graph, ds):
+    import itertools
+
+    costs = graph.cost_ms(ds)
+    return min(simulate(graph, ds, np.array(p), costs=costs).makespan_ms
+               for p in itertools.product(range(ds.n), repeat=graph.n))
+
+
+_TINY = {
+    "diamond": ([0.5, 3.0, 2.0, 0.5], [(0, 1), (0, 2), (1, 3), (2, 3)]),
+    "chain": ([1.0, 2.0, 0.5, 1.5], [(0, 1), (1, 2), (2, 3)]),
+    "three_branches": ([0.2, 2.0, 1.5, 1.0, 0.2], [(0, 1), (0, 2), (0, 3), (1, 4), (2, 4), (3, 4)]),
+    "two_diamonds": ([0.2, 2.0, 1.0, 0.3, 1.5, 1.4, 0.2], [(0, 1), (0, 2), (1, 3), (2, 3), (3, 4), (3, 5), (4, 6),
+                                                          (5, 6)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_TINY))
+def test_exact_milp_matches_brute_force_on_tiny_graphs(name):
+    """Tiny tensors (no link ever contends) on two alike devices: the MILP optimum is the best simulated makespan
+    over all 2^n placements; the whole MILP and the articulation-segment split agree."""
+    from isthmus.placement.exact import _solve_milp, optimal_placement
+
+    weights, edges = _TINY[name]
+    graph = _weighted_graph(weights, edges, name)
+    graph.out_bytes[:] = 1e3  # 1 µs on the link
+    ds = _two_devices(graph.host)
+    best = _brute_force_ms(graph, ds)
+    r = optimal_placement(graph, ds, time_limit_s=10)
+    assert r.optimal and r.value_ms == pytest.approx(best, abs=1e-6) and r.bound_ms == pytest.approx(best, abs=1e-6)
+    assert simulate(graph, ds, r.placement).makespan_ms == pytest.approx(best, abs=1e-6)
+    whole = _solve_milp(graph, ds, graph.cost_ms(ds), 10, np.zeros(graph.n, dtype=int), 1e-6)
+    assert whole.optimal and whole.value_ms == pytest.approx(best, abs=1e-6)
+
+
+def test_exact_milp_is_a_lower_bound_with_contention_and_mixed_devices():
+    """Large tensors (links contend) and a V100 + K80 pair: MILP optimum ≤ the best simulated placement."""
+    from isthmus.placement.exact import optimal_placement
+
+    graph = synthetic_graph(7, 3, 11)
+    ds = parse_devices("1xv100+1xk80")
+    r = optimal_placement(graph, ds, time_limit_s=10)
+    best = _brute_force_ms(graph, ds)
+    assert r.optimal and r.bound_ms <= best + 1e-6
+    assert r.value_ms <= simulate(graph, ds, r.placement).makespan_ms + 1e-6
+    heavy = _weighted_graph(*_TINY["three_branches"])
+    heavy.out_bytes[:] = 2e9  # 2 ms per transfer at 1 GB/s
+    ds2 = _two_devices(heavy.host, bw=1.0)
+    r2 = optimal_placement(heavy, ds2, time_limit_s=10)
+    assert r2.optimal and r2.bound_ms <= _brute_force_ms(heavy, ds2) + 1e-6
+
+
+@pytest.mark.parametrize("devices", ["2xv100", "8xv100", "2xv100+2xk80"])
+def test_exact_bound_never_exceeds_a_heuristic_on_synthetic_graphs(devices):
+    from isthmus.placement.exact import optimal_placement
+
+    ds = parse_devices(devices)
+    for seed in range(2):
+        graph = synthetic_graph(18, 4, 20 + seed)
+        costs = graph.cost_ms(ds)
+        r = optimal_placement(graph, ds, costs, time_limit_s=1)
+        assert r.bound_ms <= r.value_ms + 1e-9 and r.bound_ms >= lower_bound_ms(graph, costs) - 1e-6
+        assert simulate(graph, ds, r.placement, costs=costs).feasible
+        for name, h in HEURISTICS.items():
+            span = simulate(graph, ds, h(graph, ds, costs), costs=costs).makespan_ms
+            assert r.bound_ms <= span + 1e-6, name
+
+
+@pytest.mark.parametrize("model", ["alexnet_exits", "vgg", "resnet", "inception", "rnnlm"])
+def test_exact_bound_is_below_every_heuristic_on_zoo_graphs(model, _cache):
+    from isthmus.placement.exact import optimal_placement
+
+    graph = from_zoo(model, size="small", repeats=3)
+    for devices in ("2xv100", "4xv100"):
+        ds = parse_devices(devices)
+        costs = graph.cost_ms(ds)
+        r = optimal_placement(graph, ds, costs, time_limit_s=3)
+        spans = {name: simulate(graph, ds, h(graph, ds, costs), costs=costs).makespan_ms
+                 for name, h in HEURISTICS.items()}
+        assert all(r.bound_ms <= s + 1e-6 for s in spans.values()), (devices, r.bound_ms, spans)
+        assert r.bound_ms >= lower_bound_ms(graph, costs) - 1e-6
+        assert simulate(graph, ds, r.placement, costs=costs).makespan_ms >= r.bound_ms - 1e-6
+    with pytest.raises(ValueError, match="To fix"):
+        optimal_placement(graph, parse_devices("2xv100"), time_limit_s=0)
