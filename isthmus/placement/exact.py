@@ -45,6 +45,7 @@ class ExactResult:
     status: str
     seconds: float
     n_pairs: int
+    start_ms: np.ndarray | None = None  # the incumbent's op start times (its op order on each device)
 
 
 def _reach(graph: OpGraph) -> np.ndarray:
@@ -85,7 +86,7 @@ def _head_tail(graph: OpGraph, fastest: np.ndarray) -> tuple[np.ndarray, np.ndar
 def _symmetric_devices(devices: DeviceSet) -> list[int]:
     """Devices 1..n-1 when they are one kind and every link between two devices is the same (else none)."""
     n = devices.n
-    if n < 3:
+    if n < 2:
         return []
     off = ~np.eye(n, dtype=bool)
     same_links = np.ptp(devices.link_latency_ms[off]) == 0 and np.ptp(devices.link_bw_gbps[off]) == 0
@@ -262,12 +263,14 @@ def _solve_milp(graph: OpGraph, devices: DeviceSet, costs: np.ndarray, time_limi
     if values.size == ncol and info.primal_solution_status == 2:
         placement = values[:n * nd].reshape(n, nd).argmax(axis=1)
         value = float(values[CC])
+        begin = values[S:S + n]
     else:  # no incumbent at all (cannot happen with the start): keep the start
         placement, value = np.asarray(start, int), float(sim.makespan_ms)
+        begin = np.array([{e.name: e.start_ms for e in sim.timeline if e.kind == "op"}[op] for op in graph.ops])
     bound = float(info.mip_dual_bound) if np.isfinite(info.mip_dual_bound) else float(col_lo[CC])
     bound = min(max(bound, float(col_lo[CC])), value)
     return ExactResult(placement.astype(int), value, bound, status == "Optimal", status,
-                       time.perf_counter() - t0, npairs)
+                       time.perf_counter() - t0, npairs, begin)
 
 
 def _articulations(reach: np.ndarray) -> list[int]:
@@ -332,6 +335,7 @@ def _by_segments(graph: OpGraph, devices: DeviceSet, costs: np.ndarray, time_lim
     hard = sum(1 for _, _, inner in segments if inner)
     value = bound = float(costs[arts, 0].sum())
     placement = np.zeros(graph.n, dtype=int)
+    begin = np.zeros(graph.n)
     optimal, pairs, left = True, 0, time_limit_s
     for u, v, inner in segments:
         choice: tuple[str, np.ndarray | None] = ("same", None)  # u -> v directly: keeping v on u's device is free
@@ -355,7 +359,7 @@ def _by_segments(graph: OpGraph, devices: DeviceSet, costs: np.ndarray, time_lim
             value += res.value_ms - w_v
             bound += min(r.bound_ms for r in results.values()) - w_v
             optimal &= all(r.optimal for r in results.values())
-            pairs += sum(r.n_pairs for r in results.values()) // 2
+            pairs += results["same"].n_pairs
             choice = (case, res.placement)
         du = placement[u]
         dv = du if choice[0] == "same" else (du + 1) % nd
@@ -363,13 +367,18 @@ def _by_segments(graph: OpGraph, devices: DeviceSet, costs: np.ndarray, time_lim
             others = [d for d in range(nd) if d not in (du, dv)]
             mapping = np.array([du] + ([dv] if dv != du else []) + others)
             placement[inner] = mapping[choice[1][1:-1]]
+            rel = results[choice[0]].start_ms - results[choice[0]].start_ms[0]  # after u's finish
+            begin[inner] = begin[u] + costs[u, 0] + rel[1:-1]
+            begin[v] = begin[u] + costs[u, 0] + rel[-1]
+        else:
+            begin[v] = begin[u] + costs[u, 0]
         placement[v] = dv
     feasible = bool((memory_bytes(graph, devices, placement) <= devices.mem_bytes).all())
     status = "Optimal" if optimal else "Time limit reached"
     if not feasible:
         status += " (segments' placement over a memory limit)"
     return ExactResult(placement, value, min(bound, value), optimal and feasible, status,
-                       time.perf_counter() - t0, pairs)
+                       time.perf_counter() - t0, pairs, begin)
 
 
 def _window_cuts(rows: _Rows, graph: OpGraph, costs: np.ndarray, reach: np.ndarray, xi: np.ndarray, S: int,

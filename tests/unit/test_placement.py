@@ -343,6 +343,10 @@ def test_exact_milp_matches_brute_force_on_tiny_graphs(name):
     r = optimal_placement(graph, ds, time_limit_s=10)
     assert r.optimal and r.value_ms == pytest.approx(best, abs=1e-6) and r.bound_ms == pytest.approx(best, abs=1e-6)
     assert simulate(graph, ds, r.placement).makespan_ms == pytest.approx(best, abs=1e-6)
+    finish = r.start_ms + graph.cost_ms(ds)[np.arange(graph.n), r.placement]
+    assert finish.max() == pytest.approx(r.value_ms, abs=1e-6)  # the schedule behind the value
+    for i, j in graph.edges:
+        assert r.start_ms[j] >= finish[i] - 1e-6
     whole = _solve_milp(graph, ds, graph.cost_ms(ds), 10, np.zeros(graph.n, dtype=int), 1e-6)
     assert whole.optimal and whole.value_ms == pytest.approx(best, abs=1e-6)
 
