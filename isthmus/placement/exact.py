@@ -16,8 +16,12 @@ c_{ij} = min over links of (latency + out_bytes_i / bandwidth), cin_d = the inpu
 are the longest paths into / out of i at each op's fastest cost (valid cuts); UB = a heuristic's simulated makespan
 (also the MIP start). This is the simulator's model minus link contention and with a free op order on each device:
 every simulated schedule is a feasible point, so the optimum — and HiGHS's dual bound when it stops at the time
-limit — is a LOWER BOUND on the simulated makespan of any placement. Devices 1..n-1 of one kind with identical links
-are interchangeable; ordering them by their lowest-numbered op (x_{i,d+1} ≤ Σ_{k<i} x_{k,d}) breaks the symmetry.
+limit — is a LOWER BOUND on the simulated makespan of any placement, under any op order. Cuts that tighten the
+relaxation: for u ≺ v whose window A_uv = desc(u) ∩ anc(v) holds parallel ops, s_v - s_u - w_u ≥ Σ_{i ∈ A_uv}
+w_{i,d} x_{i,d} ∀d (A_uv's ops on d run one at a time in between), and the same for anc(v) and desc(u). Devices 1..n-1
+of one kind with identical links are interchangeable; ordering them by their lowest-numbered op
+(x_{i,d+1} ≤ Σ_{k<i} x_{k,d}) breaks the symmetry, and with all devices alike a graph's single entry op goes on 0.
+`optimal_placement` splits the problem at articulation ops where it can (see its doc).
 """
 
 from __future__ import annotations
@@ -299,7 +303,7 @@ def optimal_placement(graph: OpGraph, devices: DeviceSet, costs: np.ndarray | No
                       time_limit_s: float = 20.0, start: np.ndarray | None = None,
                       mip_rel_gap: float = 1e-6) -> ExactResult:
     """Solve the module's MILP with HiGHS in at most about `time_limit_s` s; `start` (default: the best heuristic)
-    gives the upper bound and the MIP start.
+    gives the upper bound and the MIP start of the whole MILP.
 
     On alike devices (one kind, equal links) a graph with one entry and one exit op is cut at its articulation ops
     a_0 < a_1 < ... (ops every other op precedes or follows): ops between a_k and a_{k+1} run in
@@ -311,18 +315,18 @@ def optimal_placement(graph: OpGraph, devices: DeviceSet, costs: np.ndarray | No
     if time_limit_s <= 0:
         raise ValueError(f"time_limit_s={time_limit_s}: must be > 0. To fix: pass a positive number of seconds")
     costs = graph.cost_ms(devices) if costs is None else np.asarray(costs, float)
-    if start is None:
-        from isthmus.placement.place import best_heuristic
-
-        _, start, _, _, _ = best_heuristic(graph, devices, costs)
     reach = _reach(graph)
     arts = _articulations(reach)
     single_ends = sum(not p for p in graph.preds) == 1 and sum(not s for s in graph.succs) == 1
     edges = np.array(graph.edges, dtype=int).reshape(-1, 2)
     crossing = bool((reach[edges[:, 0]][:, arts] & reach[arts][:, edges[:, 1]].T).any()) if len(edges) else False
-    if not (_homogeneous(devices) and single_ends and len(arts) >= 3) or crossing:
-        return _solve_milp(graph, devices, costs, time_limit_s, np.asarray(start, int), mip_rel_gap)
-    return _by_segments(graph, devices, costs, time_limit_s, arts, reach, mip_rel_gap)
+    if _homogeneous(devices) and single_ends and len(arts) >= 3 and not crossing:
+        return _by_segments(graph, devices, costs, time_limit_s, arts, reach, mip_rel_gap)
+    if start is None:
+        from isthmus.placement.place import best_heuristic
+
+        _, start, _, _, _ = best_heuristic(graph, devices, costs)
+    return _solve_milp(graph, devices, costs, time_limit_s, np.asarray(start, int), mip_rel_gap)
 
 
 def _by_segments(graph: OpGraph, devices: DeviceSet, costs: np.ndarray, time_limit_s: float, arts: list[int],
