@@ -411,6 +411,27 @@ def _check_protocol(protocol: str) -> None:
         raise ValueError(f"triton_protocol {protocol!r} is not one of {list(_PROTOCOLS)}. To fix: use 'grpc' or 'http'")
 
 
+def _exclusive_grpc_ports() -> None:
+    """Make Serve's direct-ingress gRPC servers in this process bind their port exclusively.
+
+    Ray Serve 2.60 passes the channel option ("grpc.so_reuseport", "0") as a string, which gRPC ignores, so
+    SO_REUSEPORT stays on: a replica's gRPC server then shares a port another process already listens on
+    (another Serve node on the same host, a Triton server) and the kernel hands it some of that port's
+    requests. With the int 0 the bind fails and Serve retries the next free port, as it does for HTTP."""
+    from ray.serve._private import grpc_util
+
+    server = grpc_util.gRPCGenericServer
+    if getattr(server, "_isthmus_exclusive_port", False):
+        return
+    init = server.__init__
+
+    def exclusive_init(self: Any, service_handler_factory: Any, *, extra_options: list | None = None) -> None:
+        options = [(k, int(v)) if k == "grpc.so_reuseport" else (k, v) for k, v in extra_options or []]
+        init(self, service_handler_factory, extra_options=options)
+
+    server.__init__, server._isthmus_exclusive_port = exclusive_init, True
+
+
 class _SiteModel:
     """Runs a (site, model version)'s Triton models on this node: one async call per request, through a
     tritonclient aio client (gRPC or HTTP) made once per replica."""
@@ -419,6 +440,7 @@ class _SiteModel:
                  tracing: dict | None = None, triton_protocol: str = "grpc"):
         from isthmus.platform.tracing import setup_tracing
 
+        _exclusive_grpc_ports()  # this replica is its app's ingress: Serve starts a gRPC server in it
         _check_protocol(triton_protocol)
         self.site, self.model, self.version, self.protocol = site, model, version, triton_protocol
         self.triton_url = triton_url or _device_url(site, triton_protocol)
@@ -502,6 +524,7 @@ class _Ingress:
     def __init__(self, tracing: dict | None = None, attempt_timeout_s: float = _ATTEMPT_TIMEOUT_S):
         from isthmus.platform.tracing import setup_tracing
 
+        _exclusive_grpc_ports()
         setup_tracing(tracing, "ingress")
         self._attempt_timeout_s = float(attempt_timeout_s)
         self._table = RoutingTable()

