@@ -19,6 +19,8 @@ Serve overhead, split by hop (c = 1 and a moderate level):
 - `serve_triton`: proxy -> one deployment that calls Triton through a tritonclient gRPC aio client
   made once per replica (the leanest real Serve + Triton path); its replies carry the time spent
   inside the replica and inside the Triton call, so `total - replica` is what Serve added.
+- `serve_chain_triton`: proxy -> an ingress deployment -> (DeploymentHandle) that Triton deployment: the
+  shape of Isthmus's own app (Ingress routes to a per-site deployment that calls the site's Triton).
 - `serve_torch`: the model run inside the replica (Serve alone with compute).
 
 Batching: four Triton configs a Triton user would try (dynamic batching on/off x 1 or 2 model
@@ -27,9 +29,9 @@ For a p99 bound B, a config's throughput is the best over levels whose p99 <= B,
 interpolated on the (p99, throughput) curve between the last level under B and the next one;
 the claim compares the best batching-on config with the best batching-off config.
 
-Serve runs with its access log off and, unless `--serve-defaults`, with the Serve settings that
-cut its hops (RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0, RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0,
-RAY_SERVE_PROXY_USE_GRPC=1).
+Serve runs with its access log off, in the mode Isthmus runs it (`--serve-mode isthmus`, the default:
+Serve's throughput-optimized mode, where HAProxy forwards to the ingress replica's own HTTP/gRPC server and
+replicas call each other over gRPC), or `tuned` / `defaults` (Serve's Python proxy) for comparison.
 
     python bench/serving.py            # ~6 min on 2 shared cores; writes bench/results/serving.json
     python bench/serving.py --quick    # shorter windows, fewer levels (smoke run)
@@ -52,8 +54,7 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent / "results" / "serving.json"
 _TARGET_SERVE_OVERHEAD_MS = 3.0
 _TARGET_BATCHING_RATIO = 3.0
-_SERVE_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
-              "RAY_SERVE_PROXY_USE_GRPC": "1"}
+_SERVE_MODES = ("isthmus", "tuned", "defaults")  # --serve-mode; see _serve_env
 _BATCH_CONFIGS = {  # path name -> (dynamic batching, model instances)
     "triton_batching_on": (True, 1), "triton_batching_on_2inst": (True, 2),
     "triton_batching_off": (False, 1), "triton_batching_off_2inst": (False, 2),
@@ -239,6 +240,7 @@ async def _measure(module: Any, triton_url: str, serve_urls: dict[str, str], x: 
                 "serve_noop": _http_sender(session, serve_urls["noop"], x),
                 "serve_triton": _http_sender(session, serve_urls["triton"], x, samples),
                 "serve_grpc_triton": _serve_grpc_sender(channel, "triton", x),
+                "serve_chain_triton": _http_sender(session, serve_urls["chain"], x),
                 "serve_torch": _http_sender(session, serve_urls["torch"], x),
             }, [c], args.rounds, args.window_s, args.warmup_s, frozenset({"direct_torch"}))
             for name, level_rows in level.items():
@@ -336,6 +338,11 @@ def _serve_apps(torchscript_path: Path, shape: tuple[int, ...], dtype: str, trit
             return Response(out.tobytes(), media_type="application/octet-stream",
                             headers={"x-replica-ms": f"{replica_ms:.3f}", "x-triton-ms": f"{triton_ms:.3f}"})
 
+        async def infer_bytes(self, data: bytes) -> bytes:
+            """The call an ingress deployment makes through its DeploymentHandle."""
+            out, _ = await self._infer(np.frombuffer(data, dtype=dtype).reshape((-1, *shape)))
+            return out.tobytes()
+
         async def Infer(self, request: bytes) -> Any:  # noqa: N802 - the isthmus.v1.Inference RPC name
             """gRPC through the product's servicer: the request arrives as bytes, the reply is a message."""
             from isthmus._proto import decode_tensor, encode_tensor, load
@@ -343,6 +350,17 @@ def _serve_apps(torchscript_path: Path, shape: tuple[int, ...], dtype: str, trit
             pb = load("inference_pb2")
             out, _ = await self._infer(decode_tensor(pb.InferRequest.FromString(request).tensor))
             return pb.InferReply(output=encode_tensor(out))
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64, logging_config=logging)
+    class Chain:
+        """An ingress that forwards the body to the Triton deployment through a DeploymentHandle."""
+
+        def __init__(self, site: Any) -> None:
+            self._site = site
+
+        async def __call__(self, request: Request) -> Response:
+            out = await self._site.infer_bytes.remote(await request.body())
+            return Response(out, media_type="application/octet-stream")
 
     from isthmus.platform.serve_app import GRPC_SERVICER
     from isthmus.platform.triton import free_port
@@ -353,9 +371,21 @@ def _serve_apps(torchscript_path: Path, shape: tuple[int, ...], dtype: str, trit
     serve.run(TorchModel.bind(), name="torch", route_prefix="/torch")
     serve.run(Noop.bind(), name="noop", route_prefix="/noop")  # also called by handle from the driver
     serve.run(TritonProxy.bind(), name="triton", route_prefix="/triton")
+    serve.run(Chain.bind(TritonProxy.bind()), name="chain", route_prefix="/chain")
     base = f"http://127.0.0.1:{port}"
-    return {"torch": f"{base}/torch", "noop": f"{base}/noop", "triton": f"{base}/triton",
+    return {"torch": f"{base}/torch", "noop": f"{base}/noop", "triton": f"{base}/triton", "chain": f"{base}/chain",
             "routes": f"{base}/-/routes", "grpc": f"127.0.0.1:{grpc_port}"}
+
+
+def _serve_env(mode: str) -> dict[str, str]:
+    """The RAY_SERVE_* settings Serve's processes inherit: "isthmus" = what Isthmus runs (Serve's
+    throughput-optimized mode behind HAProxy, `cluster.serve_env`); "tuned" = Serve's Python proxy with fewer
+    thread hops; "defaults" = Serve as installed."""
+    from isthmus.platform.cluster import serve_env
+
+    return {"isthmus": serve_env(), "defaults": {},
+            "tuned": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+                      "RAY_SERVE_PROXY_USE_GRPC": "1"}}[mode]
 
 
 def _ray_init(ray: Any) -> None:
@@ -410,7 +440,7 @@ def _print_table(results: dict[str, Any]) -> None:
     for col in ("claim", "measured", "target", "met"):
         claims.add_column(col)
     for c in results["claims"]:
-        claims.add_row(c["claim"], c["measured"], c["target"], "yes" if c["met"] else "NO")
+        claims.add_row(c["claim"], c["measured"], c["target"], {True: "yes", False: "NO", None: "-"}[c["met"]])
     console.print(claims)
     bounds = Table(title="dynamic batching: best throughput under a p99 bound (interpolated over concurrency)")
     for col in ("p99 bound ms", "on rps", "on config", "off rps", "off config", "on/off"):
@@ -446,7 +476,7 @@ def _claims(paths: dict[str, list[dict[str, float]]], hops: dict[str, Any],
     holds = [b for b in bounds if (by_bound[str(b)]["ratio"] or 0.0) >= _TARGET_BATCHING_RATIO]
     headline = bound_ms if bound_ms is not None else (min(holds) if holds else max(bounds))
     at = {r: {row["concurrency"]: row for row in paths[r]} for r in
-          ("triton_alone", "serve_triton", "serve_grpc_triton", "serve_noop", "serve_proxy_only", "serve_torch",
+          ("triton_alone", "serve_triton", "serve_grpc_triton", "serve_chain_triton", "serve_noop", "serve_proxy_only", "serve_torch",
            "serve_handle_noop")}
     levels = sorted(set(at["triton_alone"]) & set(at["serve_triton"]))
     overhead: dict[str, dict[str, float]] = {}
@@ -456,6 +486,7 @@ def _claims(paths: dict[str, list[dict[str, float]]], hops: dict[str, Any],
         overhead[str(c)] = {
             "serve_triton_minus_triton_p50_ms": p50["serve_triton"] - p50["triton_alone"],
             "serve_grpc_triton_minus_triton_p50_ms": p50["serve_grpc_triton"] - p50["triton_alone"],
+            "serve_chain_triton_minus_triton_p50_ms": p50["serve_chain_triton"] - p50["triton_alone"],
             "serve_noop_p50_ms": p50["serve_noop"],
             "handle_noop_p50_ms": p50["serve_handle_noop"],
             "proxy_only_p50_ms": p50["serve_proxy_only"],
@@ -488,6 +519,9 @@ def _claims(paths: dict[str, list[dict[str, float]]], hops: dict[str, Any],
              "measured": f"{o['serve_grpc_triton_minus_triton_p50_ms']:+.2f} ms",
              "target": f"<= {_TARGET_SERVE_OVERHEAD_MS} ms",
              "met": o["serve_grpc_triton_minus_triton_p50_ms"] <= _TARGET_SERVE_OVERHEAD_MS},
+            {"claim": f"  Isthmus's shape: ingress -> site deployment -> Triton (c={c})",
+             "measured": f"{o['serve_chain_triton_minus_triton_p50_ms']:+.2f} ms",
+             "target": "(reported)", "met": None},
         ]
     b = by_bound[str(headline)]
     claims.append({
@@ -518,8 +552,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="Triton preferred_batch_size of the batching-on configs ('' for none)")
     parser.add_argument("--p99-bound-ms", type=float, default=None,
                         help="p99 bound of the headline batching claim (default: the smallest bound where it holds)")
-    parser.add_argument("--serve-defaults", action="store_true",
-                        help="keep Serve's default logging and hop settings (no RAY_SERVE_* tuning)")
+    parser.add_argument("--serve-mode", default="isthmus", choices=_SERVE_MODES,
+                        help="isthmus: Serve's throughput-optimized mode behind HAProxy (what Isthmus runs); "
+                             "tuned: Serve's Python proxy with fewer thread hops; defaults: Serve as installed")
     parser.add_argument("--quick", action="store_true", help="1 round, levels 1,16; a smoke run")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -552,12 +587,12 @@ def main(argv: list[str] | None = None) -> int:
         from isthmus._proto import load
 
         load("inference_pb2_grpc")  # generates the stubs before Serve's gRPC proxy imports them
-        if not args.serve_defaults:
-            os.environ.update(_SERVE_ENV)  # inherited by the raylet, so by Serve's controller, proxy, replicas
+        serve_env = _serve_env(args.serve_mode)
+        os.environ.update(serve_env)  # inherited by the raylet, so by Serve's controller, proxy, replicas
         _ray_init(ray)
         ray_started = True
         serve_urls = _serve_apps(path, shape, dtype, server.grpc_url, "triton_batching_off", free_port(),
-                                 quiet_logs=not args.serve_defaults)
+                                 quiet_logs=args.serve_mode != "defaults")
         measured, hops = asyncio.run(_measure(module, server.grpc_url, serve_urls, x, args, levels, serve_levels))
         paths |= measured
         serve.shutdown()
@@ -574,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": f"{args.model}/{args.size} width {args.width} input {list(shape)} {dtype}",
         "cpu_note": f"{os.cpu_count()} CPUs shared; load avg {load_start:.1f} -> {os.getloadavg()[0]:.1f}",
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "serve_env": {} if args.serve_defaults else _SERVE_ENV,
+        "serve_env": serve_env,
         "batch_configs": {n: {"dynamic_batching": on, "instance_count": i} for n, (on, i) in _BATCH_CONFIGS.items()},
         "paths": paths,
         "ratios": ratios,
