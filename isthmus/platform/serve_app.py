@@ -50,7 +50,7 @@ DEVICE_NAMESPACE = "isthmus"
 _SITE_PREFIX = "isthmus-site-"
 _ATTEMPT_TIMEOUT_S = 3.0
 _PROTOCOLS = ("grpc", "http")
-# `grpc_servicer_functions` entry for Serve's gRPC proxy: isthmus.v1.Inference with requests passed on as bytes
+# `grpc_servicer_functions` entry for Serve's gRPC ingress: isthmus.v1.Inference with requests passed on as bytes
 GRPC_SERVICER = "isthmus.platform.serve_app.add_InferenceServicer_to_server"
 
 
@@ -342,12 +342,13 @@ def rollout(old_config: dict | None, new_config: dict, timeout_s: float = 180.0)
     return seconds
 
 
-# ---------------------------------------------------------------- gRPC servicer for Serve's proxy
+# ---------------------------------------------------------------- gRPC servicer for Serve's ingress
 
 def add_InferenceServicer_to_server(servicer: Any, server: Any) -> None:  # noqa: N802 - grpc naming
-    """`isthmus.v1.Inference` (Infer, Probe) for Serve's gRPC proxy, passing requests on as raw bytes.
+    """`isthmus.v1.Inference` (Infer, Probe) for Serve's gRPC ingress, passing requests on as raw bytes.
 
-    The proxy pickles the deserialized request to send it to a replica, and the generated message
+    Serve's ingress (the ingress replica's own gRPC server behind HAProxy in Isthmus's Serve mode, or Serve's
+    Python proxy) may pickle the deserialized request to hand it to a replica, and the generated message
     classes carry a module name (`isthmus.v1.inference_pb2`) that does not import; bytes pickle, and
     the ingress parses them. Replies are messages (Serve's replica serializes them).
     """
