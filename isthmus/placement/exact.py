@@ -257,10 +257,11 @@ def _solve_milp(graph: OpGraph, devices: DeviceSet, costs: np.ndarray, time_limi
     h.setOptionValue("output_flag", False)
     h.setOptionValue("time_limit", float(time_limit_s))
     h.setOptionValue("mip_rel_gap", float(mip_rel_gap))
-    h.setOptionValue("threads", 1)
     h.passModel(lp)
     h.setSolution(_start_vector(graph, devices, costs, start, sim, pairs, edges, ncol, (S, CC, DL, Y, SG), xi))
-    h.run()
+    if h.run() == highspy.HighsStatus.kError:
+        raise RuntimeError(f"HiGHS failed on the placement MILP of {graph.name!r} "
+                           f"({h.modelStatusToString(h.getModelStatus())}). To fix: rerun with output_flag on")
     info = h.getInfo()
     status = h.modelStatusToString(h.getModelStatus())
     values = np.asarray(h.getSolution().col_value)
