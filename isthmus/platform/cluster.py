@@ -41,6 +41,16 @@ def serve_env() -> dict[str, str]:
             "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
 
 
+def _local_serve_ports() -> dict[str, str]:
+    """Free ports for the listeners Serve's HAProxy mode opens at fixed defaults (HAProxy stats 8404 and metrics
+    9101, the fallback Python proxy 8500 / 9500), so two local clusters on one host do not collide."""
+    from isthmus.platform.triton import free_port
+
+    names = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+             "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT")
+    return {name: str(free_port()) for name in names}
+
+
 class ClusterError(RuntimeError):
     """The cluster does not match the spec (a site without a node), or could not be reached."""
 
@@ -87,7 +97,7 @@ def start_local_cluster(spec: Spec, num_cpus_per_node: int = 1, object_store_byt
     import ray
     from ray.cluster_utils import Cluster
 
-    os.environ.update(serve_env())  # inherited by every raylet, so by Serve's controller, proxy and replicas
+    os.environ.update(serve_env(), **_local_serve_ports())  # inherited by every raylet, so by Serve's processes
     common = {"num_cpus": num_cpus_per_node, "object_store_memory": object_store_bytes}
     head_args = {**common, "include_dashboard": dashboard_port is not None, "resources": {"isthmus:head": 1.0},
                  "_system_config": _LIGHT}
