@@ -52,26 +52,20 @@ class ExactResult:
     start_ms: np.ndarray | None = None  # the incumbent's op start times (its op order on each device)
 
 
-def _reach(graph: OpGraph) -> np.ndarray:
-    """reach[i, j]: a path i -> ... -> j exists."""
-    reach = np.zeros((graph.n, graph.n), dtype=bool)
-    for i in reversed(range(graph.n)):
-        for j in graph.succs[i]:
-            reach[i, j] = True
-            reach[i] |= reach[j]
-    return reach
+def _unrelated(reach: np.ndarray) -> np.ndarray:
+    """[n, n]: ops i ≠ j neither of which reaches the other (they may run in parallel)."""
+    return ~(reach | reach.T | np.eye(len(reach), dtype=bool))
 
 
 def _antichain_pairs(reach: np.ndarray) -> np.ndarray:
     """[P, 2] index pairs (i < j) of ops neither of which reaches the other."""
-    related = reach | reach.T | np.eye(len(reach), dtype=bool)
-    i, j = np.nonzero(np.triu(~related, 1))
+    i, j = np.nonzero(np.triu(_unrelated(reach), 1))
     return np.stack([i, j], axis=1)
 
 
 def _windows(reach: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pairs u ≺ v whose window A_uv = desc(u) ∩ anc(v) holds two parallel ops: ([W, 2] pairs, [W, n] masks)."""
-    anti = (~(reach | reach.T | np.eye(len(reach), dtype=bool))).astype(np.int32)
+    anti = _unrelated(reach).astype(np.int32)
     inside = reach[:, None, :] & reach.T[None, :, :]  # [u, v, i]: u -> i -> v
     parallel = np.einsum("uvi,ij,uvj->uv", inside.astype(np.int32), anti, inside.astype(np.int32), optimize=True)
     u, v = np.nonzero(parallel > 0)
@@ -87,15 +81,19 @@ def _head_tail(graph: OpGraph, fastest: np.ndarray) -> tuple[np.ndarray, np.ndar
     return head, tail
 
 
+def _same_links(devices: DeviceSet) -> bool:
+    """Every link between two different devices (n ≥ 2) has the same latency and bandwidth."""
+    off = ~np.eye(devices.n, dtype=bool)
+    return bool(np.ptp(devices.link_latency_ms[off]) == 0
+                and np.ptp(devices.link_bw_gbps[off]) == 0)
+
+
 def _symmetric_devices(devices: DeviceSet) -> list[int]:
     """Devices 1..n-1 when they are one kind and every link between two devices is the same (else none)."""
-    n = devices.n
-    if n < 2:
+    if devices.n < 2:
         return []
-    off = ~np.eye(n, dtype=bool)
-    same_links = np.ptp(devices.link_latency_ms[off]) == 0 and np.ptp(devices.link_bw_gbps[off]) == 0
     same_kind = all(k == devices.kinds[1] for k in devices.kinds[1:])
-    return list(range(1, n)) if same_links and same_kind else []
+    return list(range(1, devices.n)) if same_kind and _same_links(devices) else []
 
 
 class _Rows:
@@ -134,9 +132,11 @@ def _solve_milp(graph: OpGraph, devices: DeviceSet, costs: np.ndarray, time_limi
     sim = simulate(graph, devices, start, costs=costs, timeline=True)
     if not sim.feasible:
         raise ValueError(f"start placement is infeasible ({sim.violation}). To fix: start from a feasible placement")
+    sim_begin = {e.name: e.start_ms for e in sim.timeline if e.kind == "op"}
+    sim_start_ms = np.array([sim_begin[op] for op in graph.ops])  # the start's schedule
     ub = float(sim.makespan_ms) * (1 + 1e-9) + 1e-12
     edges = np.array(graph.edges, dtype=int).reshape(-1, 2)
-    reach = _reach(graph)
+    reach = graph.reachability()
     pairs = _antichain_pairs(reach)
     ne, npairs = len(edges), len(pairs)
     fastest = costs.min(axis=1)
@@ -238,9 +238,8 @@ def _solve_milp(graph: OpGraph, devices: DeviceSet, costs: np.ndarray, time_limi
     for op, d in fixed.items():
         col_hi[xi[op]] = 0.0
         col_hi[xi[op, d]] = col_lo[xi[op, d]] = 1.0
+    rr, kk = np.nonzero(np.tril(np.ones((n, n), dtype=bool), -1))  # k < i
     for d, d_next in zip(sym, sym[1:]):  # x_{i,d+1} - Σ_{k<i} x_{k,d} ≤ 0
-        lower = np.tril(np.ones((n, n), dtype=bool), -1)
-        rr, kk = np.nonzero(lower)
         rows.add(np.concatenate([ops, rr]), np.concatenate([xi[:, d_next], xi[kk, d]]),
                  np.concatenate([np.ones(n), -np.ones(len(kk))]), np.full(n, -inf), np.zeros(n))
 
@@ -258,7 +257,7 @@ def _solve_milp(graph: OpGraph, devices: DeviceSet, costs: np.ndarray, time_limi
     h.setOptionValue("time_limit", float(time_limit_s))
     h.setOptionValue("mip_rel_gap", float(mip_rel_gap))
     h.passModel(lp)
-    h.setSolution(_start_vector(graph, devices, costs, start, sim, pairs, edges, ncol, (S, CC, DL, Y, SG), xi))
+    h.setSolution(_start_vector(start, sim_start_ms, sim.makespan_ms, pairs, edges, ncol, (S, CC, DL, Y, SG), xi))
     if h.run() == highspy.HighsStatus.kError:
         raise RuntimeError(f"HiGHS failed on the placement MILP of {graph.name!r} "
                            f"({h.modelStatusToString(h.getModelStatus())}). To fix: rerun with output_flag on")
@@ -270,8 +269,7 @@ def _solve_milp(graph: OpGraph, devices: DeviceSet, costs: np.ndarray, time_limi
         value = float(values[CC])
         begin = values[S:S + n]
     else:  # no incumbent at all (cannot happen with the start): keep the start
-        placement, value = np.asarray(start, int), float(sim.makespan_ms)
-        begin = np.array([{e.name: e.start_ms for e in sim.timeline if e.kind == "op"}[op] for op in graph.ops])
+        placement, value, begin = np.asarray(start, int), float(sim.makespan_ms), sim_start_ms
     bound = float(info.mip_dual_bound) if np.isfinite(info.mip_dual_bound) else float(col_lo[CC])
     bound = min(max(bound, float(col_lo[CC])), value)
     return ExactResult(placement.astype(int), value, bound, status == "Optimal", status,
@@ -280,14 +278,11 @@ def _solve_milp(graph: OpGraph, devices: DeviceSet, costs: np.ndarray, time_limi
 
 def _articulations(reach: np.ndarray) -> list[int]:
     """Ops comparable to every other op (each op is before or after them), in topological order."""
-    n = len(reach)
-    return [int(i) for i in np.nonzero((reach | reach.T | np.eye(n, dtype=bool)).all(axis=1))[0]]
+    return [int(i) for i in np.nonzero(~_unrelated(reach).any(axis=1))[0]]
 
 
 def _homogeneous(devices: DeviceSet) -> bool:
-    off = ~np.eye(devices.n, dtype=bool)
-    return (all(k == devices.kinds[0] for k in devices.kinds) and devices.n > 1
-            and np.ptp(devices.link_latency_ms[off]) == 0 and np.ptp(devices.link_bw_gbps[off]) == 0)
+    return devices.n > 1 and all(k == devices.kinds[0] for k in devices.kinds) and _same_links(devices)
 
 
 def _subgraph(graph: OpGraph, ops: list[int]) -> OpGraph:
@@ -316,7 +311,7 @@ def optimal_placement(graph: OpGraph, devices: DeviceSet, costs: np.ndarray | No
     if time_limit_s <= 0:
         raise ValueError(f"time_limit_s={time_limit_s}: must be > 0. To fix: pass a positive number of seconds")
     costs = graph.cost_ms(devices) if costs is None else np.asarray(costs, float)
-    reach = _reach(graph)
+    reach = graph.reachability()
     arts = _articulations(reach)
     single_ends = sum(not p for p in graph.preds) == 1 and sum(not s for s in graph.succs) == 1
     edges = np.array(graph.edges, dtype=int).reshape(-1, 2)
@@ -393,39 +388,37 @@ def _window_cuts(rows: _Rows, graph: OpGraph, costs: np.ndarray, reach: np.ndarr
     inf = float("inf")
     n, nd = costs.shape
     windows, masks = _windows(reach)
+    u, v = windows[:, 0], windows[:, 1]
+    w = np.arange(len(windows))
+    k, i = np.nonzero(masks)
+    ops = np.arange(n)
+    vv, ii = np.nonzero(reach.T)  # ii is an ancestor of vv
+    uu, jj = np.nonzero(reach)  # jj is a descendant of uu
     for d in range(nd):
         if len(windows):
-            u, v = windows[:, 0], windows[:, 1]
-            w = np.arange(len(windows))
-            k, i = np.nonzero(masks)
             rows.add(np.concatenate([w, w, np.repeat(w, nd), k]),
                      np.concatenate([S + v, S + u, xi[u].ravel(), xi[i, d]]),
                      np.concatenate([np.ones(len(w)), -np.ones(len(w)), -costs[u].ravel(), -costs[i, d]]),
                      np.zeros(len(w)), np.full(len(w), inf))
-        ops = np.arange(n)
-        vv, ii = np.nonzero(reach.T)  # ii is an ancestor of vv
         rows.add(np.concatenate([ops, vv]), np.concatenate([S + ops, xi[ii, d]]),
                  np.concatenate([np.ones(n), -costs[ii, d]]), np.zeros(n), np.full(n, inf))
-        uu, jj = np.nonzero(reach)  # jj is a descendant of uu
         rows.add(np.concatenate([ops, ops, np.repeat(ops, nd), uu]),
                  np.concatenate([np.full(n, CC), S + ops, xi.ravel(), xi[jj, d]]),
                  np.concatenate([np.ones(n), -np.ones(n), -costs.ravel(), -costs[jj, d]]), np.zeros(n),
                  np.full(n, inf))
 
 
-def _start_vector(graph: OpGraph, devices: DeviceSet, costs: np.ndarray, start: np.ndarray, sim, pairs: np.ndarray,
-                  edges: np.ndarray, ncol: int, offsets: tuple[int, int, int, int, int], xi: np.ndarray):
-    """The MIP start: `start` with its simulated schedule (a feasible point of the MILP)."""
+def _start_vector(start: np.ndarray, s: np.ndarray, makespan_ms: float, pairs: np.ndarray, edges: np.ndarray,
+                  ncol: int, offsets: tuple[int, int, int, int, int], xi: np.ndarray):
+    """The MIP start: placement `start` with its simulated start times `s` (a feasible point of the MILP)."""
     import highspy
 
     S, CC, DL, Y, SG = offsets
     place = np.asarray(start, int)
-    begin = {e.name: e.start_ms for e in sim.timeline if e.kind == "op"}
-    s = np.array([begin[op] for op in graph.ops])
     v = np.zeros(ncol)
-    v[xi[np.arange(graph.n), place]] = 1.0
-    v[S:S + graph.n] = s
-    v[CC] = sim.makespan_ms
+    v[xi[np.arange(len(place)), place]] = 1.0
+    v[S:S + len(place)] = s
+    v[CC] = makespan_ms
     if len(edges):
         v[DL:DL + len(edges)] = place[edges[:, 0]] != place[edges[:, 1]]
     if len(pairs):

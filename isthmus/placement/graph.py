@@ -118,12 +118,12 @@ class OpGraph:
         bipartite graph, Dilworth / Fulkerson)."""
         w = self.host_ms if weights is None else np.asarray(weights, dtype=float)
         heavy = [i for i in range(self.n) if w[i] >= min_share * w.sum()]
-        reach = self._descendants()
+        reach = self.reachability()
         match: dict[int, int] = {}
 
         def augment(u: int, seen: set[int]) -> bool:
             for v in heavy:
-                if v in reach[u] and v not in seen:
+                if reach[u, v] and v not in seen:
                     seen.add(v)
                     if v not in match or augment(match[v], seen):
                         match[v] = u
@@ -138,11 +138,12 @@ class OpGraph:
         or 1x1 shortcut does not count: it is off the path but carries almost no work."""
         return self.parallelism() >= min_parallelism
 
-    def _descendants(self) -> list[set[int]]:
-        reach: list[set[int]] = [set() for _ in range(self.n)]
+    def reachability(self) -> np.ndarray:
+        """reach[i, j]: a path i -> ... -> j exists (ops are in topological order)."""
+        reach = np.zeros((self.n, self.n), dtype=bool)
         for i in reversed(range(self.n)):
             for j in self.succs[i]:
-                reach[i].add(j)
+                reach[i, j] = True
                 reach[i] |= reach[j]
         return reach
 
