@@ -33,7 +33,7 @@ Serve runs with its access log off, in the mode Isthmus runs it (`--serve-mode i
 Serve's throughput-optimized mode, where HAProxy forwards to the ingress replica's own HTTP/gRPC server and
 replicas call each other over gRPC), or `tuned` / `defaults` (Serve's Python proxy) for comparison.
 
-    python bench/serving.py            # ~6 min on 2 shared cores; writes bench/results/serving.json
+    python bench/serving.py            # ~8 min on 2 shared cores; writes bench/results/serving.json
     python bench/serving.py --quick    # shorter windows, fewer levels (smoke run)
 """
 
@@ -54,7 +54,6 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent / "results" / "serving.json"
 _TARGET_SERVE_OVERHEAD_MS = 3.0
 _TARGET_BATCHING_RATIO = 3.0
-_SERVE_MODES = ("isthmus", "tuned", "defaults")  # --serve-mode; see _serve_env
 _BATCH_CONFIGS = {  # path name -> (dynamic batching, model instances)
     "triton_batching_on": (True, 1), "triton_batching_on_2inst": (True, 2),
     "triton_batching_off": (False, 1), "triton_batching_off_2inst": (False, 2),
@@ -377,15 +376,15 @@ def _serve_apps(torchscript_path: Path, shape: tuple[int, ...], dtype: str, trit
             "routes": f"{base}/-/routes", "grpc": f"127.0.0.1:{grpc_port}"}
 
 
-def _serve_env(mode: str) -> dict[str, str]:
-    """The RAY_SERVE_* settings Serve's processes inherit: "isthmus" = what Isthmus runs (Serve's
+def _serve_envs() -> dict[str, dict[str, str]]:
+    """--serve-mode -> the RAY_SERVE_* settings Serve's processes inherit: "isthmus" = what Isthmus runs (Serve's
     throughput-optimized mode behind HAProxy, `cluster.serve_env`); "tuned" = Serve's Python proxy with fewer
     thread hops; "defaults" = Serve as installed."""
     from isthmus.platform.cluster import serve_env
 
     return {"isthmus": serve_env(), "defaults": {},
             "tuned": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
-                      "RAY_SERVE_PROXY_USE_GRPC": "1"}}[mode]
+                      "RAY_SERVE_PROXY_USE_GRPC": "1"}}
 
 
 def _ray_init(ray: Any) -> None:
@@ -476,8 +475,8 @@ def _claims(paths: dict[str, list[dict[str, float]]], hops: dict[str, Any],
     holds = [b for b in bounds if (by_bound[str(b)]["ratio"] or 0.0) >= _TARGET_BATCHING_RATIO]
     headline = bound_ms if bound_ms is not None else (min(holds) if holds else max(bounds))
     at = {r: {row["concurrency"]: row for row in paths[r]} for r in
-          ("triton_alone", "serve_triton", "serve_grpc_triton", "serve_chain_triton", "serve_noop", "serve_proxy_only", "serve_torch",
-           "serve_handle_noop")}
+          ("triton_alone", "serve_triton", "serve_grpc_triton", "serve_chain_triton", "serve_noop", "serve_proxy_only",
+           "serve_torch", "serve_handle_noop")}
     levels = sorted(set(at["triton_alone"]) & set(at["serve_triton"]))
     overhead: dict[str, dict[str, float]] = {}
     for c in levels:
@@ -552,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="Triton preferred_batch_size of the batching-on configs ('' for none)")
     parser.add_argument("--p99-bound-ms", type=float, default=None,
                         help="p99 bound of the headline batching claim (default: the smallest bound where it holds)")
-    parser.add_argument("--serve-mode", default="isthmus", choices=_SERVE_MODES,
+    parser.add_argument("--serve-mode", default="isthmus", choices=sorted(_serve_envs()),
                         help="isthmus: Serve's throughput-optimized mode behind HAProxy (what Isthmus runs); "
                              "tuned: Serve's Python proxy with fewer thread hops; defaults: Serve as installed")
     parser.add_argument("--quick", action="store_true", help="1 round, levels 1,16; a smoke run")
@@ -587,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
         from isthmus._proto import load
 
         load("inference_pb2_grpc")  # generates the stubs before Serve's gRPC proxy imports them
-        serve_env = _serve_env(args.serve_mode)
+        serve_env = _serve_envs()[args.serve_mode]
         os.environ.update(serve_env)  # inherited by the raylet, so by Serve's controller, proxy, replicas
         _ray_init(ray)
         ray_started = True
