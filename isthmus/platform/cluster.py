@@ -115,11 +115,11 @@ def start_local_cluster(spec: Spec, num_cpus_per_node: int = 1, object_store_byt
             logging.getLogger(__name__).warning("the Ray head was slow to start (attempt %d of 3); retrying",
                                                 attempt + 1)
     try:
-        for resource in site_resources(spec).values():
-            _add_node(cluster, resources={resource: 1.0}, **common)
+        added = {resource: _add_node(cluster, resources={resource: 1.0}, **common)
+                 for resource in site_resources(spec).values()}
+        _wait_for_sites(spec, cluster, added, common, timeout_s=300.0)
         if connect_driver:
             ray.init(address=cluster.address, namespace=namespace, log_to_driver=False)
-            _wait_for_sites(spec, timeout_s=300.0)  # a raylet can take minutes to register on a loaded machine
     except BaseException:
         if ray.is_initialized():
             ray.shutdown()
@@ -128,12 +128,20 @@ def start_local_cluster(spec: Spec, num_cpus_per_node: int = 1, object_store_byt
     return cluster
 
 
-def _add_node(cluster: Any, **node_args: Any) -> None:
-    """`cluster.add_node`, tolerating Ray's fixed 30 s raylet registration wait on a loaded machine.
+# A raylet that has not registered this long after it was started is restarted (Ray's own wait is 30 s).
+_REGISTER_GRACE_S = 90.0
 
-    When that wait runs out the raylet keeps starting and registers later; `_wait_for_sites` then
-    waits for it (with its own, longer timeout) instead of failing the whole bring-up.
+
+def _add_node(cluster: Any, **node_args: Any) -> float:
+    """`cluster.add_node`, tolerating Ray's fixed 30 s raylet registration wait on a loaded machine; returns when
+    it was called (`time.monotonic()`).
+
+    When that wait runs out the raylet may still register later; `_wait_for_sites` waits for it, and starts the
+    node again if its raylet died or never registered.
     """
+    import time
+
+    started = time.monotonic()
     try:
         cluster.add_node(**node_args)
     except Exception as err:  # noqa: BLE001 - ray raises a bare Exception for this
@@ -143,21 +151,72 @@ def _add_node(cluster: Any, **node_args: Any) -> None:
 
         logging.getLogger(__name__).warning("a Ray node for %s is slow to register; waiting for it",
                                             node_args.get("resources"))
+    return started
 
 
-def _wait_for_sites(spec: Spec, timeout_s: float) -> None:
+def _wait_for_sites(spec: Spec, cluster: Any, added: dict[str, float], node_args: dict[str, Any],
+                    timeout_s: float, max_restarts: int = 2) -> None:
+    """Wait until every site has a registered node; start a site's node again (`max_restarts` times) when its raylet
+    died (seen on CI: the GCS stalled 30 s, the raylet gave up registering) or has not registered within
+    `_REGISTER_GRACE_S`. `added` maps resource → when its node was started."""
+    import logging
     import time
 
-    import ray
-
+    resources = site_resources(spec)
+    restarts = dict.fromkeys(added, 0)
     deadline = time.monotonic() + timeout_s
     while True:
-        missing = missing_sites(spec, ray.nodes())
+        missing = missing_sites(spec, cluster.global_state.node_table())
         if not missing:
             return
         if time.monotonic() > deadline:
             raise ClusterError(_missing_message(spec, missing))
+        for site in missing:
+            resource = resources[site]
+            pids = _raylet_pids(cluster.head_node.get_session_dir_path(), resource)
+            stalled = time.monotonic() - added[resource] > _REGISTER_GRACE_S
+            if restarts[resource] < max_restarts and (not pids or stalled):
+                logging.getLogger(__name__).warning(
+                    "the Ray node for %s %s; starting it again", resource,
+                    "did not register in time" if pids else "exited before registering")
+                _kill(pids)
+                restarts[resource] += 1
+                added[resource] = _add_node(cluster, resources={resource: 1.0}, **node_args)
         time.sleep(0.2)
+
+
+def _raylet_pids(session_dir: str, resource: str) -> list[int]:
+    """Live raylets of the session in `session_dir` that carry `resource` (their command lines, read from /proc).
+    Where /proc is absent it answers that one is running, so nothing is restarted."""
+    import os
+
+    if not os.path.isdir("/proc"):
+        return [-1]
+    pids = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                args = f.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if args[0].endswith("raylet") and any(session_dir in a for a in args) and any(
+                a.startswith("--static_resource_list=") and f",{resource},1" in "," + a.split("=", 1)[1] for a in args):
+            pids.append(int(entry.name))
+    return pids
+
+
+def _kill(pids: list[int]) -> None:
+    import os
+    import signal
+
+    for pid in pids:
+        if pid > 0:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def _missing_message(spec: Spec, missing: list[str]) -> str:

@@ -178,30 +178,40 @@ def test_prometheus_metrics_per_deployment(runtime) -> None:
             except OSError:
                 continue
         lines = [line for line in text.splitlines() if "isthmus_" in line and not line.startswith("#")]
-        if all(any(w in line and 'site="cam-1"' in line for line in lines) for w in wanted):
+        # every node's agent exports on its own schedule: wait for the site deployment's own series too
+        site_requests = [line for line in lines if "isthmus_requests_total" in line
+                         and 'deployment="isthmus-site-cam-1-mlp-fp32"' in line]
+        if site_requests and all(any(w in line and 'site="cam-1"' in line for line in lines) for w in wanted):
             break
         time.sleep(2)
-    lines = [line for line in text.splitlines() if "isthmus_" in line and not line.startswith("#")]
     for w in wanted:
         assert any(w in line and 'site="cam-1"' in line for line in lines), (w, lines[:10], ports)
-    site_requests = [line for line in lines if "isthmus_requests_total" in line
-                     and 'deployment="isthmus-site-cam-1-mlp-fp32"' in line]
-    assert site_requests and float(site_requests[0].rsplit(" ", 1)[1]) >= 1
+    assert site_requests and float(site_requests[0].rsplit(" ", 1)[1]) >= 1, (
+        [line for line in lines if "isthmus_requests_total" in line], ports)
 
 
 def test_one_trace_spans_ingress_deployment_and_triton(runtime) -> None:
-    trace_id, client_span = f"{0xC0FFEE:032x}", f"{0xBEEF:016x}"
-    code, reply = _post(runtime["http"], {"service": "detect", "input": _x(2).tolist()},
-                        headers={"traceparent": f"00-{trace_id}-{client_span}-01"})
-    assert code == 200 and reply["trace_id"] == trace_id
-    deadline, spans = time.monotonic() + 30, []
-    while time.monotonic() < deadline:
-        spans = [s for s in load_spans(runtime["spans"]) if s["trace_id"] == trace_id]
-        if {"ingress", "deployment", "triton.infer", "InferRequest"} <= {s["name"] for s in spans}:
+    # Isthmus's own hops are in every trace. Triton continues the trace of a gRPC call except for a few percent
+    # (its gRPC carrier reads `traceparent` past its end, tests/e2e/test_triton_trace_context.py), so up to five
+    # requests are sent until Triton's span joins one: P(all five lost) ~ 1e-6.
+    ours, client_span = {"ingress", "deployment", "triton.infer"}, f"{0xBEEF:016x}"
+    for attempt in range(5):
+        trace_id = f"{0xC0FFEE + attempt:032x}"
+        code, reply = _post(runtime["http"], {"service": "detect", "input": _x(2).tolist()},
+                            headers={"traceparent": f"00-{trace_id}-{client_span}-01"})
+        assert code == 200 and reply["trace_id"] == trace_id
+        deadline, spans = time.monotonic() + 30, []
+        while time.monotonic() < deadline:
+            spans = [s for s in load_spans(runtime["spans"]) if s["trace_id"] == trace_id]
+            names = {s["name"] for s in spans}
+            if ours | {"InferRequest"} <= names or (ours <= names and time.monotonic() > deadline - 20):
+                break
+            time.sleep(0.5)
+        assert ours <= names, (names, reply["site"])
+        if "InferRequest" in names:
             break
-        time.sleep(0.5)
-    names = {s["name"] for s in spans}
-    assert {"ingress", "deployment", "triton.infer", "InferRequest"} <= names, names
+    triton_roots = [(s["trace_id"], s["parent_id"]) for s in load_spans(runtime["spans"]) if s["name"] == "InferRequest"]
+    assert "InferRequest" in names, ("Triton joined none of 5 traces", triton_roots[-5:])
     assert len(spans) >= 4
     ids = {s["span_id"] for s in spans}
     roots = [s for s in spans if s["parent_id"] not in ids]

@@ -1,0 +1,56 @@
+"""Local cluster bring-up survives site nodes whose raylets never register (seen on CI: the GCS stalled 30 s and a
+raylet gave up): `_wait_for_sites` starts such a node again instead of waiting out its timeout.
+
+One head for the module, no site node started by hand: the first test finds them all missing, the second has
+`_wait_for_sites` start them."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ray = pytest.importorskip("ray")
+
+from ray.cluster_utils import Cluster  # noqa: E402
+
+from isthmus.platform import cluster as cluster_mod  # noqa: E402
+from isthmus.spec import parse_spec  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+SPEC = parse_spec(yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "runtime-local.yaml").read_text()))
+NODE_ARGS = {"num_cpus": 1, "object_store_memory": 80 * 1024 * 1024}
+
+
+@pytest.fixture(scope="module")
+def head():
+    c = Cluster(initialize_head=True, head_node_args={**NODE_ARGS, "include_dashboard": False})
+    yield c
+    c.shutdown()
+
+
+def _raylets(head: Cluster, resource: str) -> list[int]:
+    return cluster_mod._raylet_pids(head.head_node.get_session_dir_path(), resource)
+
+
+def test_sites_without_a_node_are_named_with_the_fix(head):
+    started = {resource: time.monotonic() for resource in cluster_mod.site_resources(SPEC).values()}
+    with pytest.raises(cluster_mod.ClusterError, match=r"us-east.*eu-west.*cam-1.*--resources='\{\"region:us-east\""):
+        cluster_mod._wait_for_sites(SPEC, head, started, NODE_ARGS, timeout_s=1.0, max_restarts=0)
+    assert all(_raylets(head, resource) == [] for resource in started)
+
+
+def test_sites_whose_raylet_is_gone_are_started_again(head, caplog):
+    # Each node "was started" a moment ago but no raylet carries its resource: as after raylets that exited.
+    started = {resource: time.monotonic() for resource in cluster_mod.site_resources(SPEC).values()}
+    with caplog.at_level(logging.WARNING, logger=cluster_mod.__name__):
+        cluster_mod._wait_for_sites(SPEC, head, started, NODE_ARGS, timeout_s=240.0)
+    assert cluster_mod.missing_sites(SPEC, head.global_state.node_table()) == []
+    assert caplog.text.count("exited before registering; starting it again") == 3
+    for resource in started:
+        assert len(_raylets(head, resource)) == 1, f"the restarted node's raylet is found by {resource}"
+    assert _raylets(head, "region:us-eas") == [], "a resource matches whole, not as a prefix"
