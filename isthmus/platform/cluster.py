@@ -129,7 +129,7 @@ def start_local_cluster(spec: Spec, num_cpus_per_node: int = 1, object_store_byt
 
 
 # A raylet that has not registered this long after it was started is restarted (Ray's own wait is 30 s).
-_REGISTER_GRACE_S = 90.0
+_REGISTER_GRACE_S = 120.0
 
 
 def _add_node(cluster: Any, **node_args: Any) -> float:

@@ -2,7 +2,7 @@
 raylet gave up): `_wait_for_sites` starts such a node again instead of waiting out its timeout.
 
 One head for the module, no site node started by hand: the first test finds them all missing, the second has
-`_wait_for_sites` start them."""
+`_wait_for_sites` start them, the third adds a site whose "raylet" runs but never registers (killed, started again)."""
 
 from __future__ import annotations
 
@@ -54,3 +54,31 @@ def test_sites_whose_raylet_is_gone_are_started_again(head, caplog):
     for resource in started:
         assert len(_raylets(head, resource)) == 1, f"the restarted node's raylet is found by {resource}"
     assert _raylets(head, "region:us-eas") == [], "a resource matches whole, not as a prefix"
+
+
+def test_a_raylet_that_never_registers_is_killed_and_started_again(head, caplog):
+    import subprocess
+    import sys
+
+    spec_dict = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "runtime-local.yaml").read_text())
+    spec_dict["regions"].append({**spec_dict["regions"][1], "name": "ap-south"})
+    spec = parse_spec(spec_dict)
+    session = head.head_node.get_session_dir_path()
+    # A process that looks like this session's raylet for region:ap-south but never registers.
+    stuck = subprocess.Popen(["bash", "-c", 'exec -a /opt/ray/raylet "$0" -c "import time; time.sleep(300)" '
+                              '"--static_resource_list=region:ap-south,1.0,CPU,1" "--resource_dir=$1/runtime_resources"',
+                              sys.executable, session])
+    try:
+        deadline = time.monotonic() + 10
+        while _raylets(head, "region:ap-south") != [stuck.pid] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _raylets(head, "region:ap-south") == [stuck.pid]
+        started = dict.fromkeys(cluster_mod.site_resources(spec).values(), time.monotonic())
+        started["region:ap-south"] = time.monotonic() - cluster_mod._REGISTER_GRACE_S - 1   # past its grace
+        with caplog.at_level(logging.WARNING, logger=cluster_mod.__name__):
+            cluster_mod._wait_for_sites(spec, head, started, NODE_ARGS, timeout_s=240.0)
+        assert stuck.wait(timeout=10) == -9, "the stuck raylet was killed"
+        assert caplog.text.count("did not register in time; starting it again") == 1
+        assert cluster_mod.missing_sites(spec, head.global_state.node_table()) == []
+    finally:
+        stuck.kill()
