@@ -44,7 +44,7 @@ _WARMUP_S = 15.0
 _MAX_SLOPE_MB_PER_MIN = 3.0
 _P99_RATIO = 3.0
 _P99_SLACK_MS = 25.0
-_UPLINK_MBPS = 4.0  # an edge uplink: the bandwidth probe sends 0.25 s worth (125 KB) every 10 s
+_UPLINK_MBPS = 4.0  # an edge uplink: the bandwidth probe sends 0.2 s worth (100 KB) every 10 s
 
 
 def _rss_mb(pid: int) -> float:
