@@ -63,6 +63,12 @@ def backoff_delay_s(attempt: int, *, initial_s: float, max_s: float, multiplier:
 _PROBE_LINK_SHARE = 0.02  # of the probe interval a bandwidth probe holds the uplink for
 
 
+def probe_bytes(uplink_mbps: float, probe_interval_s: float) -> int:
+    """Bytes B of the large probe: the uplink held for 2 % of the interval, B = rate · 0.02 · interval, clipped to
+    [2 KiB, 4 MiB]."""
+    return int(min(4 << 20, max(2 << 10, uplink_mbps * 1e6 / 8 * _PROBE_LINK_SHARE * probe_interval_s)))
+
+
 class TokenBucket:
     """Token bucket in bytes: `rate = uplink_mbps * 1e6 / 8` bytes/s, capacity `burst_bytes`.
 
@@ -597,8 +603,8 @@ class EdgeAgent:
     def probe_uplink(self) -> tuple[float, float]:
         """Measure `(uplink_mbps, rtt_ms)` to the cloud: `8 (B - b) / (t_B - t_b)` with a small b and large B.
 
-        B is sized to hold the uplink for 2 % of the probe interval at the last measured rate (0.2 s at the default
-        10 s; 2 KiB to 4 MiB): requests queue behind a probe, so on a slow uplink a fixed-size probe stalls them
+        B (`probe_bytes`) holds the uplink for 2 % of the probe interval at the last measured rate (0.2 s at the
+        default 10 s): requests queue behind a probe, so on a slow uplink a fixed-size probe stalls them
         (32 KiB at 0.2 Mbit/s held the link 1.3 s, the demo's p99)."""
         bundle = self._bundle
         if bundle is None:
@@ -606,7 +612,7 @@ class EdgeAgent:
         inf = _proto.load("inference_pb2")
         stub = _proto.load("inference_pb2_grpc").InferenceStub(self._cloud_channel(bundle.target, bundle.tls))
         last = self._state["uplink_probe_mbps"] or self.uplink.uplink_mbps or 100.0
-        big = int(min(4 << 20, max(2 << 10, last * 1e6 / 8 * _PROBE_LINK_SHARE * self.config.probe_interval_s)))
+        big = probe_bytes(last, self.config.probe_interval_s)
         timings = []
         for size in (64, big):
             request = inf.ProbeRequest(payload=b"\0" * size)

@@ -86,6 +86,17 @@ def test_token_bucket_paces_bytes_at_the_rate() -> None:
     assert bucket.consume(10**9) == 0.0 and time.perf_counter() - start < 0.05
 
 
+def test_the_bandwidth_probe_holds_the_uplink_briefly() -> None:
+    from isthmus.edge_agent.agent import probe_bytes
+
+    for mbps, interval_s in ((0.2, 5.0), (0.1, 5.0), (4.0, 10.0), (100.0, 10.0)):
+        link_s = 8 * probe_bytes(mbps, interval_s) / (mbps * 1e6)
+        assert link_s <= max(0.02 * interval_s, 8 * 2048 / (mbps * 1e6)) + 1e-9, (mbps, interval_s, link_s)
+    assert 8 * probe_bytes(0.2, 5.0) / 0.2e6 <= 0.1  # the demo's uplink: at most 0.1 s behind a probe, not 1.3 s
+    assert probe_bytes(0.001, 10.0) == 2048 and probe_bytes(10_000.0, 10.0) == 4 << 20
+    assert probe_bytes(4.0, 10.0) == 100_000
+
+
 def test_backoff_grows_caps_and_jitters() -> None:
     rng = random.Random(0)
     kw = dict(initial_s=0.5, max_s=30.0, multiplier=2.0)
