@@ -163,6 +163,7 @@ def _wait_for_sites(spec: Spec, cluster: Any, added: dict[str, float], node_args
     import time
 
     resources = site_resources(spec)
+    session_dir = cluster.head_node.get_session_dir_path()
     restarts = dict.fromkeys(added, 0)
     deadline = time.monotonic() + timeout_s
     while True:
@@ -171,28 +172,29 @@ def _wait_for_sites(spec: Spec, cluster: Any, added: dict[str, float], node_args
             return
         if time.monotonic() > deadline:
             raise ClusterError(_missing_message(spec, missing))
+        raylets = _raylet_pids(session_dir)
         for site in missing:
             resource = resources[site]
-            pids = _raylet_pids(cluster.head_node.get_session_dir_path(), resource)
+            pids = raylets.get(resource, []) if raylets is not None else None  # None: cannot tell, assume alive
             stalled = time.monotonic() - added[resource] > _REGISTER_GRACE_S
-            if restarts[resource] < max_restarts and (not pids or stalled):
+            if restarts[resource] < max_restarts and (pids == [] or stalled):
                 logging.getLogger(__name__).warning(
                     "the Ray node for %s %s; starting it again", resource,
-                    "did not register in time" if pids else "exited before registering")
-                _kill(pids)
+                    "exited before registering" if pids == [] else "did not register in time")
+                _kill(pids or [])
                 restarts[resource] += 1
                 added[resource] = _add_node(cluster, resources={resource: 1.0}, **node_args)
         time.sleep(0.2)
 
 
-def _raylet_pids(session_dir: str, resource: str) -> list[int]:
-    """Live raylets of the session in `session_dir` that carry `resource` (their command lines, read from /proc).
-    Where /proc is absent it answers that one is running, so nothing is restarted."""
+def _raylet_pids(session_dir: str) -> dict[str, list[int]] | None:
+    """Custom resource → pids of the live raylets of the session in `session_dir` that carry it, read from their
+    command lines (`--static_resource_list=name,amount,name,amount,...`) in /proc; None where /proc is absent."""
     import os
 
     if not os.path.isdir("/proc"):
-        return [-1]
-    pids = []
+        return None
+    out: dict[str, list[int]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -201,10 +203,13 @@ def _raylet_pids(session_dir: str, resource: str) -> list[int]:
                 args = f.read().decode(errors="replace").split("\0")
         except OSError:
             continue
-        if args[0].endswith("raylet") and any(session_dir in a for a in args) and any(
-                a.startswith("--static_resource_list=") and f",{resource},1" in "," + a.split("=", 1)[1] for a in args):
-            pids.append(int(entry.name))
-    return pids
+        if not args[0].endswith("raylet") or not any(session_dir in a for a in args):
+            continue
+        for a in args:
+            if a.startswith("--static_resource_list="):
+                for resource in a.split("=", 1)[1].split(",")[::2]:
+                    out.setdefault(resource, []).append(int(entry.name))
+    return out
 
 
 def _kill(pids: list[int]) -> None:
@@ -212,11 +217,10 @@ def _kill(pids: list[int]) -> None:
     import signal
 
     for pid in pids:
-        if pid > 0:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _missing_message(spec: Spec, missing: list[str]) -> str:

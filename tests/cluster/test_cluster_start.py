@@ -22,7 +22,8 @@ from isthmus.spec import parse_spec  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
-SPEC = parse_spec(yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "runtime-local.yaml").read_text()))
+SPEC_DICT = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "runtime-local.yaml").read_text())
+SPEC = parse_spec(SPEC_DICT)
 NODE_ARGS = {"num_cpus": 1, "object_store_memory": 80 * 1024 * 1024}
 
 
@@ -34,7 +35,7 @@ def head():
 
 
 def _raylets(head: Cluster, resource: str) -> list[int]:
-    return cluster_mod._raylet_pids(head.head_node.get_session_dir_path(), resource)
+    return cluster_mod._raylet_pids(head.head_node.get_session_dir_path()).get(resource, [])
 
 
 def test_sites_without_a_node_are_named_with_the_fix(head):
@@ -60,9 +61,7 @@ def test_a_raylet_that_never_registers_is_killed_and_started_again(head, caplog)
     import subprocess
     import sys
 
-    spec_dict = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "runtime-local.yaml").read_text())
-    spec_dict["regions"].append({**spec_dict["regions"][1], "name": "ap-south"})
-    spec = parse_spec(spec_dict)
+    spec = parse_spec({**SPEC_DICT, "regions": [*SPEC_DICT["regions"], {**SPEC_DICT["regions"][1], "name": "ap-south"}]})
     session = head.head_node.get_session_dir_path()
     # A process that looks like this session's raylet for region:ap-south but never registers.
     stuck = subprocess.Popen(["bash", "-c", 'exec -a /opt/ray/raylet "$0" -c "import time; time.sleep(300)" '
