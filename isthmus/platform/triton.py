@@ -233,8 +233,34 @@ def find_tritonserver() -> Path:
     return binary
 
 
+# Ports handed out by free_port: above Ray's default worker ports (10002-19999), below Serve's direct-ingress HTTP
+# ports (from 30000, taken in order) and the kernel's ephemeral range.
+_FREE_PORTS = (20000, 30000)
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
+    """A TCP port on 127.0.0.1 that was free a moment ago, drawn at random from `_FREE_PORTS` (below the kernel's
+    ephemeral range).
+
+    A port is often bound well after it is chosen (Serve's fallback proxy binds its port when Serve starts, minutes
+    after the cluster picked it). Ports from the ephemeral range can meanwhile be taken by any of the port-0 binds
+    Ray's processes make (seen in a fresh-clone CI run: "Failed to bind to address [::]:42431"); ports below it
+    are only taken by explicit binds. Where the range cannot be read or leaves no room, the OS picks (port 0)."""
+    import random
+
+    try:
+        high = min(_FREE_PORTS[1], int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]))
+    except (OSError, ValueError, IndexError):
+        high = 0
+    rng = random.SystemRandom()
+    for _ in range(64 if high > _FREE_PORTS[0] else 0):
+        port = rng.randrange(_FREE_PORTS[0], high)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

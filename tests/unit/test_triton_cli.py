@@ -43,3 +43,17 @@ def test_missing_or_corrupt_file_exit_2(tmp_path: Path) -> None:
     junk.write_bytes(b"not torchscript")
     corrupt = runner.invoke(app, ["triton-serve", str(junk), "--input-shape", "4"])
     assert corrupt.exit_code == 2 and "junk.pt" in corrupt.output
+
+
+def test_free_port_is_bindable_and_outside_the_ephemeral_range() -> None:
+    import socket
+
+    from isthmus.platform.triton import _FREE_PORTS, free_port
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [free_port() for _ in range(20)]
+    if low > _FREE_PORTS[0]:  # port-0 binds (Ray's) cannot take these between choice and bind
+        assert all(_FREE_PORTS[0] <= p < min(low, _FREE_PORTS[1]) for p in ports), (ports, low)
+    for port in ports[:3]:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
