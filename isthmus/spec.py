@@ -1,20 +1,24 @@
-"""Spec v1 (YAML in) and Plan (JSON out): the contracts of shared/DESIGN.md.
+"""Spec v1 (YAML in) and Plan (JSON out): the contracts documented in docs/spec.md.
 
 `load_spec(path)` parses and validates a spec; every problem comes back in one `SpecError`
-whose lines name the YAML path of the bad field and say how to fix it.
+whose lines name the YAML path of the bad field and say how to fix it. `dump_spec` writes one back.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any, Literal
+from collections.abc import Iterable
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from isthmus.platform.triton import _DTYPES  # the input dtypes Triton serves (stdlib + pydantic import only)
 
 __all__ = [
     "Device", "InstanceType", "Region", "EdgeSite", "Link", "DataVersion", "Source", "SplitPoint",
-    "ModelVersion", "Model", "Service", "Spec", "SpecError", "load_spec", "parse_spec",
+    "Artifact", "ModelVersion", "Model", "Service", "Spec", "SpecError", "load_spec", "parse_spec", "dump_spec",
     "PlanRoute", "PlanInstance", "PlanService", "SolverInfo", "Plan", "load_plan",
 ]
 
@@ -27,6 +31,17 @@ def _non_negative(value: float, fix: str) -> float:
     if value < 0:
         raise ValueError(f"is {value}, must be >= 0. To fix: {fix}")
     return value
+
+
+def _one_of(allowed: Iterable[str], what: str) -> AfterValidator:
+    """A field validator: the value must be one of `allowed`; the error quotes it and lists them."""
+    names = list(allowed)
+
+    def check(value: str) -> str:
+        if value not in names:
+            raise ValueError(f"is {value!r}, not a supported {what}. To fix: use one of {names}")
+        return value
+    return AfterValidator(check)
 
 
 class Device(_Strict):
@@ -123,12 +138,39 @@ class SplitPoint(_Strict):
     accuracy: float | None = Field(None, ge=0, le=1, description="Accuracy at this exit (default: the version's).")
 
 
+class Artifact(_Strict):
+    """A TorchScript file of a model version: what Triton serves and `isthmus fill-latencies` measures."""
+
+    path: str = Field(description="TorchScript file (torch.jit.save), relative to the spec file's folder or "
+                                  "absolute; `load_spec` stores it absolute.")
+    input_shape: list[int] = Field(description="Shape of one sample, without the batch dimension, e.g. [3, 224, 224].")
+    dtype: Annotated[str, _one_of(_DTYPES, "input dtype")] = Field(
+        "float32", description=f"Input dtype, one of {list(_DTYPES)}.")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("is empty. To fix: give the TorchScript file, e.g. path: model.pt (relative to the spec)")
+        return v
+
+    @field_validator("input_shape")
+    @classmethod
+    def _shape(cls, v: list[int]) -> list[int]:
+        if not v or any(d < 1 for d in v):
+            raise ValueError(f"is {v}, must be a non-empty list of sizes >= 1. To fix: give the shape of one sample "
+                             "without the batch dimension, e.g. [3, 224, 224]")
+        return v
+
+
 class ModelVersion(_Strict):
     name: str
     accuracy: float = Field(ge=0, le=1)
     latency_ms: dict[str, float] = Field(default_factory=dict, description="Per-request latency per device kind.")
     capacity_rps: dict[str, float] = Field(default_factory=dict, description="Sustained rps of one instance.")
     splits: list[SplitPoint] = Field(default_factory=list, description="Edge/cloud split candidates.")
+    artifact: Artifact | None = Field(None, description="TorchScript file of this version (measured by "
+                                                        "`isthmus fill-latencies`, served by Triton).")
 
     @field_validator("latency_ms", "capacity_rps")
     @classmethod
@@ -183,6 +225,11 @@ class Spec(_Strict):
     def model(self, name: str) -> Model:
         return next(m for m in self.models if m.name == name)
 
+    def artifact_versions(self) -> list[tuple[str, Model, ModelVersion]]:
+        """Every model version with an `artifact`: (its YAML path, e.g. models[0].versions[1], model, version)."""
+        return [(f"models[{i}].versions[{k}]", m, v) for i, m in enumerate(self.models)
+                for k, v in enumerate(m.versions) if v.artifact is not None]
+
 
 class SpecError(ValueError):
     """A spec that cannot be planned. `problems` holds (yaml_path, message) pairs."""
@@ -206,7 +253,7 @@ def _pydantic_problems(err: ValidationError) -> list[tuple[str, str]]:
     for e in err.errors():
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown field. To fix: remove it or check its spelling against shared/DESIGN.md Spec v1"
+            msg = "unknown field. To fix: remove it or check its spelling against docs/spec.md"
         elif e["type"] == "missing":
             msg = "required field is missing. To fix: add it"
         elif "input" in e and "is " not in msg:
@@ -230,8 +277,9 @@ def _unknown(kind: str, value: str, known: list[str]) -> str:
     return f"unknown {kind} {value!r}. To fix: use one of {sorted(set(known))}"
 
 
-def _reference_problems(spec: Spec) -> list[tuple[str, str]]:
-    """Cross-reference checks pydantic cannot do field by field."""
+def _reference_problems(spec: Spec, allow_unmeasured: bool = False) -> list[tuple[str, str]]:
+    """Cross-reference checks pydantic cannot do field by field (`allow_unmeasured`: an artifact version
+    may lack latency_ms, as `fill-latencies` reads it before measuring)."""
     p: list[tuple[str, str]] = []
     for path, items in [("regions", spec.regions), ("edge_sites", spec.edge_sites), ("sources", spec.sources),
                         ("models", spec.models), ("services", spec.services)]:
@@ -267,9 +315,12 @@ def _reference_problems(spec: Spec) -> list[tuple[str, str]]:
         p += _duplicates(model.versions, f"models[{i}].versions")
         for k, version in enumerate(model.versions):
             path = f"models[{i}].versions[{k}]"
-            if not version.latency_ms and not model.zoo:
+            if not version.latency_ms and not model.zoo and version.artifact is None:
                 p.append((f"{path}.latency_ms", "no latency for any device, so this version cannot run anywhere. "
                           "To fix: add latency_ms: {<device kind>: <ms>} or set the model's `zoo` to profile it"))
+            elif not version.latency_ms and not model.zoo and not allow_unmeasured:
+                p.append((f"{path}.latency_ms", "no latency for any device, so this version cannot run anywhere "
+                          "yet. To fix: run `isthmus fill-latencies SPEC -o filled.yaml` to measure it"))
             for field in ("latency_ms", "capacity_rps"):
                 for device in getattr(version, field):
                     if device not in spec.devices:
@@ -288,8 +339,12 @@ def _reference_problems(spec: Spec) -> list[tuple[str, str]]:
     return p
 
 
-def parse_spec(data: Any, origin: str = "spec") -> Spec:
-    """Validate a parsed YAML/JSON document as a Spec; raise SpecError listing every problem."""
+def parse_spec(data: Any, origin: str = "spec", *, base_dir: str | Path | None = None,
+               allow_unmeasured: bool = False) -> Spec:
+    """Validate a parsed YAML/JSON document as a Spec; raise SpecError listing every problem.
+
+    `base_dir`: folder that relative artifact paths are resolved against (stored absolute); None leaves
+    them as given. `allow_unmeasured`: accept artifact versions with no latency_ms yet (to measure them)."""
     if not isinstance(data, dict):
         raise SpecError([("(top level)", f"expected a mapping, got {type(data).__name__}. "
                           "To fix: start from examples/geo-3-regions.yaml")], origin)
@@ -297,14 +352,17 @@ def parse_spec(data: Any, origin: str = "spec") -> Spec:
         spec = Spec.model_validate(data)
     except ValidationError as err:
         raise SpecError(_pydantic_problems(err), origin) from None
-    problems = _reference_problems(spec)
+    problems = _reference_problems(spec, allow_unmeasured)
     if problems:
         raise SpecError(problems, origin)
+    if base_dir is not None:
+        for _, _, version in spec.artifact_versions():
+            version.artifact.path = os.path.normpath(os.path.join(os.path.abspath(base_dir), version.artifact.path))
     return spec
 
 
-def load_spec(path: str | Path) -> Spec:
-    """Read and validate a spec YAML file."""
+def load_spec(path: str | Path, *, allow_unmeasured: bool = False) -> Spec:
+    """Read and validate a spec YAML file; relative artifact paths are resolved against its folder."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -322,7 +380,20 @@ def load_spec(path: str | Path) -> Spec:
     except (ValueError, TypeError, AttributeError, RecursionError) as err:  # a bad !!tag / date / huge int / nesting
         raise SpecError([("(file)", f"not valid YAML: {type(err).__name__}: {str(err)[:120]}. "
                           "To fix: quote the value, remove the tag or flatten the nesting")], str(path)) from None
-    return parse_spec(data, str(path))
+    return parse_spec(data, str(path), base_dir=path.parent, allow_unmeasured=allow_unmeasured)
+
+
+def dump_spec(spec: Spec, base_dir: str | Path | None = None) -> str:
+    """The spec as YAML; with `base_dir` (the folder the YAML is written to) artifact paths are written
+    relative to it where possible, so `load_spec` reads the file back from any working directory."""
+    out = spec.model_copy(deep=True)
+    if base_dir is not None:
+        for _, _, version in out.artifact_versions():
+            try:
+                version.artifact.path = os.path.relpath(version.artifact.path, os.path.abspath(base_dir))
+            except ValueError:  # on another drive (Windows): keep it absolute
+                version.artifact.path = os.path.abspath(version.artifact.path)
+    return yaml.safe_dump(out.model_dump(exclude_none=True), sort_keys=False)
 
 
 # ---------------------------------------------------------------- Plan

@@ -14,29 +14,47 @@ def register(app: typer.Typer) -> None:
     app.command("plan")(plan)
 
 
-def _load(spec: str):
+def _exit(err: SpecError) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
+    Console(stderr=True).print(f"[red]{escape(str(err))}[/red]", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _load(spec: str):
     from isthmus.spec import load_spec
 
     try:
         return load_spec(spec)
     except SpecError as err:
-        Console(stderr=True).print(f"[red]{err}[/red]", highlight=False)
-        raise typer.Exit(2)
+        _exit(err)
 
 
 def validate(spec: str = typer.Argument(..., help="Path to a spec YAML file.")) -> None:
-    """Check a spec; print every problem with its YAML path and how to fix it (exit code 2)."""
+    """Check a spec and that its TorchScript artifacts load and run on their input_shape; print every problem
+    with its YAML path and how to fix it (exit code 2)."""
     from rich.console import Console
 
-    loaded = _load(spec)
+    from isthmus.models.artifact import check_artifacts
+    from isthmus.spec import load_spec
+
+    try:
+        loaded, problems = load_spec(spec), []
+    except SpecError as err:  # artifact versions not measured yet: also check their files
+        try:
+            loaded, problems = load_spec(spec, allow_unmeasured=True), err.problems
+        except SpecError:
+            _exit(err)
+    problems += check_artifacts(loaded)
+    if problems:
+        _exit(SpecError(problems, spec))
     Console().print(f"[green]{spec}: valid[/green] ({len(loaded.services)} services, "
                     f"{len(loaded.regions)} regions, {len(loaded.edge_sites)} edge sites)")
 
 
 def plan(spec: str = typer.Argument(..., help="Path to a spec YAML file."),
-         as_json: bool = typer.Option(False, "--json", help="Print the Plan JSON (shared/DESIGN.md) only."),
+         as_json: bool = typer.Option(False, "--json", help="Print the Plan JSON (docs/spec.md) only."),
          method: str = typer.Option("auto", help="auto | milp | lp-round (auto: exact MILP up to 20,000 routes)."),
          time_limit_s: float = typer.Option(60.0, "--time-limit-s", help="Solver time limit in seconds."),
          compare: bool = typer.Option(False, "--compare", help="Also print every baseline's cost beside the plan."),

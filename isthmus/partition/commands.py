@@ -23,7 +23,7 @@ def _fail(message: str) -> None:
 
 def partition(
     model: Optional[str] = typer.Argument(None, help="Zoo model (alexnet_exits, vgg, resnet, inception, rnnlm)."),
-    graph: Optional[str] = typer.Option(None, "--graph", help="Partition graph JSON (shared/DESIGN.md)."),
+    graph: Optional[str] = typer.Option(None, "--graph", help="Partition graph JSON (format: docs/spec.md)."),
     bandwidth_mbps: Optional[float] = typer.Option(None, "--bandwidth-mbps", help="Device -> site Mbit/s."),
     rtt_ms: Optional[float] = typer.Option(None, "--rtt-ms", help="Device <-> site round trip, ms (default 0, "
                                            "or the spec's link)."),

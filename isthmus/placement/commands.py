@@ -1,5 +1,6 @@
 """CLI: `isthmus place MODEL --devices 4xv100` (op placement), `isthmus configure SPEC --model M` (config search),
-`isthmus fill-latencies SPEC` (a spec's missing fp32 latencies from placements)."""
+`isthmus fill-latencies SPEC` (a spec's missing latencies: zoo models from placements, TorchScript artifacts
+timed on this CPU)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ def register(app: typer.Typer) -> None:
 
 def _fail(message: str) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True).print(f"[red]{message}[/red]", highlight=False, soft_wrap=True)
+    Console(stderr=True).print(f"[red]{escape(message)}[/red]", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -146,30 +148,38 @@ def configure(
 
 
 def fill_latencies(
-    spec: str = typer.Argument(..., help="Spec YAML whose zoo models lack latency_ms for some device kinds."),
+    spec: str = typer.Argument(..., help="Spec YAML whose zoo models or TorchScript artifacts lack latency_ms for "
+                               "some device kinds."),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Write the filled spec here (default: "
                                          "print it)."),
-    size: str = typer.Option("full", "--size", help="Model size: full or small."),
+    size: str = typer.Option("full", "--size", help="Zoo model size: full or small."),
 ) -> None:
-    """Fill latency_ms / capacity_rps of every zoo model's fp32 version for the spec's device kinds it lacks,
-    from the best placement over one instance's devices (simulated makespan and pipeline period)."""
-    import yaml
+    """Fill latency_ms / capacity_rps for the spec's device kinds a version lacks: every zoo model's fp32
+    version from the best placement over one instance's devices (simulated makespan and pipeline period),
+    every version with an `artifact` by timing its TorchScript file on this CPU (batch 1 and a batch sweep),
+    scaled to each device kind by its declared TFLOPS. Given values are kept."""
+    from pathlib import Path
 
+    from isthmus.models.artifact import check_artifacts, fill_artifact_latencies
     from isthmus.placement.place import fill_spec
-    from isthmus.spec import SpecError, load_spec
+    from isthmus.spec import SpecError, dump_spec, load_spec
 
     try:
-        loaded = load_spec(spec)
+        loaded = load_spec(spec, allow_unmeasured=True)
     except SpecError as err:
         _fail(str(err))
     graphs = {m.zoo: _graph(m.zoo, size) for m in loaded.models if m.zoo}
-    if not graphs:
-        _fail(f"{spec} has no model with `zoo` set, so there is nothing to place. To fix: set `zoo:` on a model")
-    text = yaml.safe_dump(fill_spec(loaded, graphs).model_dump(exclude_none=True), sort_keys=False)
+    if not graphs and not loaded.artifact_versions():
+        _fail(f"{spec} has no model with `zoo` set and no version with an `artifact`, so there is nothing to "
+              "measure. To fix: set `zoo:` on a model, or `artifact: {path: model.pt, input_shape: [...]}` on a "
+              "version")
+    problems = check_artifacts(loaded)
+    if problems:
+        _fail(str(SpecError(problems, spec)))
+    filled = fill_artifact_latencies(fill_spec(loaded, graphs), progress=True)
+    text = dump_spec(filled, Path(output).parent if output else None)
     if output is None:
         typer.echo(text)
         return
-    from pathlib import Path
-
     Path(output).write_text(text)
     typer.echo(f"wrote {output}")
