@@ -27,6 +27,7 @@ _COMMAND_MODULES = [
     "isthmus.partition.commands",
     "isthmus.actors.commands",
     "isthmus.platform.commands",
+    "isthmus.platform.deploy_commands",
     "isthmus.models.commands",
     "isthmus.profiler.commands",
     "isthmus.placement.commands",

@@ -1,13 +1,13 @@
-"""`isthmus demo`: the whole system on one machine, in one command (`make demo`).
+"""`isthmus demo`: the whole system on one machine, in one command (`make demo`) — a client of `isthmus deploy`.
 
-A local Ray cluster (regions us-east and eu-west, edge site cam-1), the small AlexNet of the zoo
-trained on digits (cached), profiled per layer; the geo planner plans split routes; the
-OptimizerActor deploys the plan on Ray Serve + one Triton per region (DeviceActors); a control
-plane (mTLS + tokens) assigns two edge-agent processes their head partition; their uplinks are
-token buckets of `bandwidth_mbps`. The driver sends paced requests (digits test images) through
-the agents, halves the agents' uplink midway, forwards the agents' bandwidth probes to the
-OptimizerActor, which re-plans (drift > 20 %) and rolls Serve over; the new plan's split is
-published to the agents, which switch atomically.
+The demo writes a spec (regions us-east and eu-west, edge site cam-1, the small AlexNet of the zoo trained on
+digits, profiled per layer, with its split points), deploys it with the same code as `isthmus deploy --local`
+(a Ray node, DeviceActor and Triton per planned instance, Serve, the OptimizerActor, the control plane with
+mTLS + tokens), starts two edge-agent processes whose uplinks are token buckets of `bandwidth_mbps`, sends
+paced requests (digits test images) through the agents and halves their uplink midway. Everything after that
+is the product's own loop: the agents' bandwidth probes reach the OptimizerActor through the control plane, it
+re-plans (drift > 20 %), starts the new plan's instances, rolls Serve over, publishes the new split to the
+agents, waits for them to switch and retires what the plan no longer uses. The demo only watches and reports.
 
 Numbers the plan is made from (all measured here, none given):
 
@@ -17,7 +17,8 @@ Numbers the plan is made from (all measured here, none given):
               or split activation;
     rtt_ms:   the path's fixed overhead O = p50(measured) − compute − 8·bytes/bandwidth, from a
               short calibration run on the deployed system, after a warm-up whose latencies are dropped;
-    route:    L_r = head_ms + O + 8·bytes_r/bandwidth + tail_ms   (shared/DESIGN.md, Spec v1).
+              the re-measured spec goes to the running OptimizerActor (`update_spec`);
+    route:    L_r = head_ms + O + 8·bytes_r/bandwidth + tail_ms   (docs/spec.md, semantics).
 
 To make the re-plan visible, split tails are offered in eu-west only (the dearer region) and the
 SLO is set between the raw route's latency before and after the drop: before it, raw inputs to
@@ -50,7 +51,7 @@ VERSION = "fp32"
 EDGE_SITE = "cam-1"
 REGIONS = {"us-east": ("c.small", "cpu-a", 0.5), "eu-west": ("c.small", "cpu-b", 0.6)}
 TAIL_REGION = "eu-west"
-AGENTS = ("cam-1-a", "cam-1-b")
+AGENTS = ("cam-1-1", "cam-1-2")   # the agent certificates `isthmus deploy` issues for an edge site of count 2
 HOPS = ("edge_agent", "ingress", "deployment", "triton")
 
 
@@ -65,14 +66,14 @@ class DemoSettings:
     warmup_s: float = 4.0    # load whose latencies are dropped: first calls open connections, warm caches
     calibrate_s: float = 8.0
     before_s: float = 30.0
-    after_s: float = 40.0
+    after_s: float = 55.0   # the re-plan starts an eu-west instance (node + Triton) before the agents switch
     rate_rps_per_agent: float = 5.0
     bandwidth_mbps: float = 0.2
     probe_interval_s: float = 5.0
 
     @classmethod
     def quick(cls) -> "DemoSettings":
-        return cls(calibrate_s=8.0, before_s=15.0, after_s=25.0)
+        return cls(calibrate_s=8.0, before_s=15.0, after_s=45.0)
 
 
 @dataclass
@@ -309,107 +310,86 @@ def _drive(agents: dict[str, dict], data: tuple[Any, Any], state: _State, durati
     state.event(f"{phase}_end")
 
 
-# ---------------------------------------------------------------- plan → agents
-
-def _assignments(plan: Any, splits: list[dict[str, Any]], target: str) -> dict[str, dict]:
-    """One assignment per agent: agents are spread over the service's routes by the plan's fractions."""
-    routes = sorted((r for r in plan.routes if r.service == SERVICE and r.fraction > 0), key=lambda r: -r.fraction)
-    heads = {s["point"].split: s["head"].read_bytes() for s in splits}
-    out = {}
-    for n, agent_id in enumerate(AGENTS):
-        position, cumulative, chosen = (n + 0.5) / len(AGENTS), 0.0, routes[-1]
-        for route in routes:
-            cumulative += route.fraction
-            if position <= cumulative:
-                chosen = route
-                break
-        split = chosen.split
-        out[agent_id] = {"model": SERVICE, "split": -1 if split is None else split, "exit": -1,
-                         "head": None if split is None else heads[split], "inference_target": target,
-                         "inference_tls": False}
-    return out
-
+# ---------------------------------------------------------------- watching the product's loop
 
 def _mean_split(plan: Any) -> float:
     """Request-weighted split index of a plan (-1 = raw input: the whole model in the cloud)."""
     return sum(r.fraction * (-1 if r.split is None else r.split) for r in plan.routes if r.service == SERVICE)
 
 
-class _BandwidthWatcher:
-    """Forwards the agents' bandwidth probes (median of the latest per agent) to the OptimizerActor; on a
-    re-plan that changes routing, publishes the new plan's assignments to the agents."""
+class _PlanWatch:
+    """Records every plan the OptimizerActor rolls out (for the report's predicted latency); controls nothing."""
 
-    def __init__(self, plan_source: Any, optimizer: Any, splits: list, target: str, state: _State,
-                 agents: dict[str, dict]) -> None:
-        self.plan_source, self.optimizer, self.splits, self.target, self.state = (
-            plan_source, optimizer, splits, target, state)
-        self.agents = agents
+    def __init__(self, optimizer: Any, state: _State, bandwidth_mbps: float) -> None:
+        self.optimizer, self.state, self.bandwidth_mbps = optimizer, state, bandwidth_mbps
         self._stop = threading.Event()
-        self._seen: dict[str, float] = {}
         self._thread = threading.Thread(target=self._run, daemon=True)
-        self.error = ""
+        self._version: int | None = None
 
-    def start(self) -> "_BandwidthWatcher":
+    def start(self) -> "_PlanWatch":
+        self._check()
         self._thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=120)
+        self._thread.join(timeout=60)
+        self._check()
 
-    def _latest(self) -> dict[str, float]:
-        latest = {}
-        for agent_id in AGENTS:
-            reports = [r for r in self.plan_source.telemetry(agent_id) if r.get("uplink_mbps", 0) > 0]
-            if reports:
-                latest[agent_id] = float(reports[-1]["uplink_mbps"])
-        return latest
-
-    def _run(self) -> None:
+    def _check(self) -> None:
         import ray
 
         from isthmus.spec import Plan
 
-        while not self._stop.wait(0.5):
-            latest = self._latest()
-            if len(latest) < len(AGENTS) or latest == self._seen:
-                continue
-            self._seen = latest
-            mbps = statistics.median(latest.values())
-            try:
-                entry = ray.get(self.optimizer.report.remote(
-                    {"bandwidth_mbps": {(EDGE_SITE, region): mbps for region in REGIONS}}), timeout=300)
-            except Exception as err:  # noqa: BLE001 - recorded and shown; the load keeps running
-                self.error = f"{type(err).__name__}: {str(err)[:300]}"
-                continue
-            self.state.event("telemetry", bandwidth_mbps=mbps, drift=entry["drift"], replanned=entry["replanned"],
-                             changed=entry["changed"])
-            if entry["replanned"]:
-                plan = Plan.model_validate(ray.get(self.optimizer.plan.remote(), timeout=60))
-                self.state.replans.append({**{k: v for k, v in entry.items() if k != "rollout"},
-                                           "rollout": entry.get("rollout", {}), "bandwidth_mbps": mbps,
-                                           "mean_split": _mean_split(plan), "t_s": time.monotonic() - self.state.t0})
-                if entry["changed"]:
-                    self.state.plans.append({"t_s": time.monotonic() - self.state.t0, "bandwidth_mbps": mbps,
-                                             "plan": plan.model_dump(mode="json")})
-                    assignments = _assignments(plan, self.splits, self.target)
-                    version = self.plan_source.publish(assignments)
-                    self.state.event("published", plan_source_version=version, mean_split=_mean_split(plan))
-                    self._wait_switched({a: v["split"] for a, v in assignments.items()})
+        version = ray.get(self.optimizer.plan_version.remote(), timeout=60)
+        if version != self._version:
+            plan = Plan.model_validate(ray.get(self.optimizer.plan.remote(), timeout=60))
+            self._version = version
+            self.state.plans.append({"t_s": time.monotonic() - self.state.t0, "bandwidth_mbps": self.bandwidth_mbps,
+                                     "plan": plan.model_dump(mode="json"), "plan_version": version})
 
-    def _wait_switched(self, splits: dict[str, int], timeout_s: float = 60.0) -> None:
-        """Record `agents_switched` once every agent reports the new split loaded (its /status)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and not self._stop.is_set():
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
             try:
-                loaded = {a: (_http_json(self.agents[a]["port"], "/status", timeout_s=5)[1].get("loaded") or {})
-                          for a in splits}
-            except OSError:
-                loaded = {}
-            if loaded and all(loaded[a].get("split") == split for a, split in splits.items()):
-                self.state.event("agents_switched", splits=splits)
-                return
-            time.sleep(0.1)
+                self._check()
+            except Exception:  # noqa: BLE001 - a slow answer under load: look again next time
+                continue
+
+
+def _from_history(state: _State, history: list[dict], t0_unix: float) -> None:
+    """The product loop's telemetry reports and re-plans (OptimizerActor history) as the report's events."""
+    from isthmus.spec import Plan
+
+    for entry in history:
+        if entry.get("at_unix", 0) < t0_unix or entry.get("source") == "spec":   # the demo's own calibration
+            continue
+        t_s = entry["at_unix"] - t0_unix
+        mbps = statistics.median((entry.get("measured") or {"-": 0.0}).values())
+        if entry["source"] == "agents":
+            state.events.append({"event": "telemetry", "t_s": t_s, "bandwidth_mbps": mbps, "drift": entry["drift"],
+                                 "replanned": entry["replanned"], "changed": entry["changed"]})
+        if entry.get("replanned"):
+            after = [p for p in state.plans if p.get("plan_version", -1) == entry.get("plan_version")]
+            plan = Plan.model_validate(after[-1]["plan"]) if after else None
+            state.replans.append({k: v for k, v in entry.items() if k not in ("telemetry", "measured")} | {
+                "bandwidth_mbps": mbps, "mean_split": _mean_split(plan) if plan else None, "t_s": t_s})
+        if (entry.get("published") or {}).get("at_unix"):
+            state.events.append({"event": "published", "t_s": entry["published"]["at_unix"] - t0_unix,
+                                 "plan_source_version": entry["published"]["version"]})
+
+
+def _switched_t(state: _State, after_t: float) -> float | None:
+    """When the last agent's first request on the final plan's split came back after `after_t` (from the
+    requests' replies: each says which split its agent ran)."""
+    final = {a: s.split for s in sorted(state.samples, key=lambda s: s.t_s) for a in [s.agent] if s.ok}
+    firsts = []
+    for agent, split in final.items():
+        t = min((s.t_s for s in state.samples if s.agent == agent and s.t_s > after_t and s.ok and s.split == split),
+                default=None)
+        if t is None:
+            return None
+        firsts.append(t)
+    return max(firsts) if firsts else None
 
 
 # ---------------------------------------------------------------- the run
@@ -442,24 +422,28 @@ def run_demo(out: Path, settings: DemoSettings, progress: Any = None) -> dict[st
                 work / "triton.spans.jsonl"]:
         old.unlink(missing_ok=True)
     state = _State()
+    t0_unix = time.time() - (time.monotonic() - state.t0)
     step("train + profile the small zoo model on digits (cached after the first run)")
     prepared = _prepare_model(work)
     state.accuracy_model = prepared["accuracy"]
     rate = settings.rate_rps_per_agent * len(AGENTS)
-    guess = _spec(prepared, [], bandwidth_mbps=settings.bandwidth_mbps, overhead_ms=10.0, slo_ms=1000.0,
-                  rate_rps=rate)
+    first = _spec(prepared, [], bandwidth_mbps=settings.bandwidth_mbps, overhead_ms=10.0, slo_ms=1000.0, rate_rps=rate)
     step("partition: split candidates (head / tail TorchScript)")
-    splits = _split_candidates(guess, prepared, work / "partitions")
-    with _Runtime(out, work, prepared, splits, settings) as runtime:
-        step("start the local Ray cluster (us-east, eu-west, cam-1) and Triton per region")
-        runtime.start_cluster(guess)
-        step("deploy the first plan on Serve; control plane and two edge agents")
-        runtime.deploy_initial(guess)
+    splits = _split_candidates(first, prepared, work / "partitions")
+    guess = _spec(prepared, splits, bandwidth_mbps=settings.bandwidth_mbps, overhead_ms=10.0, slo_ms=1000.0,
+                  rate_rps=rate)
+    with _Deployment(work) as deployment:
+        step("isthmus deploy (local): cluster, an instance per plan entry, Serve, OptimizerActor, control plane")
+        status = deployment.deploy(guess, step)
+        step("start two edge agents; the control plane assigns them the raw-input route")
+        cp_port = int(status["endpoints"]["control_plane"].rsplit(":", 1)[1])
+        deployment.agents = _start_agents(out, work / "certs", cp_port, settings)
+        _wait_agents_loaded(deployment.agents, -1, timeout_s=180)
         step(f"warm up ({settings.warmup_s:g} s), calibrate the path overhead ({settings.calibrate_s:g} s of load)")
         data = _digits_test()
-        _drive(runtime.agents, data, _State(t0=state.t0), settings.warmup_s, settings.rate_rps_per_agent, "warmup")
+        _drive(deployment.agents, data, _State(t0=state.t0), settings.warmup_s, settings.rate_rps_per_agent, "warmup")
         calib = _State(t0=state.t0)
-        _drive(runtime.agents, data, calib, settings.calibrate_s, settings.rate_rps_per_agent, "calibrate")
+        _drive(deployment.agents, data, calib, settings.calibrate_s, settings.rate_rps_per_agent, "calibrate")
         good = [s.latency_ms for s in calib.samples if s.ok]
         if not good:
             raise DemoError(f"no calibration request succeeded: {[s.error for s in calib.samples][:3]}. "
@@ -469,125 +453,76 @@ def run_demo(out: Path, settings: DemoSettings, progress: Any = None) -> dict[st
         state.slo_ms = _choose_slo_ms(prepared, splits, state.overhead_ms, settings.bandwidth_mbps)
         spec = _spec(prepared, splits, bandwidth_mbps=settings.bandwidth_mbps, overhead_ms=state.overhead_ms,
                      slo_ms=state.slo_ms, rate_rps=rate)
-        step("plan with split routes; the OptimizerActor deploys it")
-        plan = runtime.start_optimizer(spec)
-        state.plans.append({"t_s": time.monotonic() - state.t0, "bandwidth_mbps": settings.bandwidth_mbps,
-                            "plan": plan.model_dump(mode="json")})
-        runtime.publish(plan)
-        watcher = _BandwidthWatcher(runtime.plan_source, runtime.optimizer, splits, runtime.target, state,
-                                    runtime.agents).start()
+        step("the measured spec goes to the running OptimizerActor, which plans it with split routes")
+        optimizer = deployment.optimizer()
+        import ray
+
+        ray.get(optimizer.update_spec.remote(spec.model_dump(mode="json")), timeout=600)
+        watch = _PlanWatch(optimizer, state, settings.bandwidth_mbps).start()
         try:
             step(f"drive load {settings.before_s:g} s, halve the uplink, {settings.after_s:g} s more")
 
             def drop() -> None:
-                for agent in runtime.agents.values():
+                for agent in deployment.agents.values():
                     _http_json(agent["port"], "/admin/uplink", {"uplink_mbps": settings.bandwidth_mbps / 2})
                 state.event("bandwidth_drop", bandwidth_mbps=settings.bandwidth_mbps / 2)
+                watch.bandwidth_mbps = settings.bandwidth_mbps / 2
 
-            _drive(runtime.agents, data, state, settings.before_s + settings.after_s, settings.rate_rps_per_agent,
-                   "load", at={settings.before_s: drop})
+            _drive(deployment.agents, data, state, settings.before_s + settings.after_s,
+                   settings.rate_rps_per_agent, "load", at={settings.before_s: drop})
         finally:
-            watcher.stop()
+            watch.stop()
+        _from_history(state, ray.get(optimizer.history.remote(), timeout=60), t0_unix)
+        drop_t = next(e["t_s"] for e in state.events if e["event"] == "bandwidth_drop")
+        switched = _switched_t(state, drop_t)
+        if switched is not None and len(state.plans) > 1:
+            state.events.append({"event": "agents_switched", "t_s": switched})
+        watch_error = ray.get(optimizer.status.remote(), timeout=60)["watch_error"]
         step("collect traces and write the report")
         from isthmus.demo_report import collect_traces, summarize_run, write_report
 
         traces = collect_traces(out, timeout_s=30.0)
-        summary = summarize_run(out, state, spec, traces, watcher.error, settings)
+        summary = summarize_run(out, state, spec, traces, watch_error, settings)
     write_report(out, summary, state)
     return summary
 
 
-class _Runtime:
-    """Everything the demo starts, stopped in reverse order on exit (even after an error)."""
+class _Deployment:
+    """The demo's deployment (`isthmus deploy --local` into `work`) and agent processes, stopped on exit."""
 
-    def __init__(self, out: Path, work: Path, prepared: dict, splits: list, settings: DemoSettings) -> None:
-        self.out, self.work, self.prepared, self.splits, self.settings = out, work, prepared, splits, settings
-        self.cluster = self.receiver = self.cp = self.optimizer = self.plan_source = None
-        self.devices: dict[str, Any] = {}
+    def __init__(self, work: Path) -> None:
+        self.work = work
         self.agents: dict[str, dict] = {}
-        self.serve_options: dict[str, Any] = {}
-        self.target = ""
+        self.deployed = False
 
-    def __enter__(self) -> "_Runtime":
+    def __enter__(self) -> "_Deployment":
         return self
 
-    def start_cluster(self, spec: Any) -> None:
+    def deploy(self, spec: Any, step: Any) -> dict:
+        from isthmus.platform.deploy import DeployError, deploy, down
+        from isthmus.spec import dump_spec
+
+        path = self.work / "spec.yaml"
+        path.write_text(dump_spec(spec, self.work))
+        try:   # an earlier demo that was interrupted
+            down(self.work)
+        except DeployError:
+            pass
+        self.deployed = True
+        try:
+            return deploy(str(path), local=True, state_dir=self.work, progress=step)
+        except DeployError as err:
+            raise DemoError(str(err)) from None
+
+    def optimizer(self) -> Any:
+        import json as _json
+
         import ray
 
-        from isthmus.platform import serve_app
-        from isthmus.platform.cluster import ClusterError, start_local_cluster
-        from isthmus.platform.tracing import OtlpHttpReceiver, triton_trace_config
-        from isthmus.platform.triton import TritonModel
-
-        self.receiver = OtlpHttpReceiver(str(self.work / "triton.spans.jsonl")).start()
-        try:
-            self.cluster = start_local_cluster(spec)
-        except ClusterError as err:
-            raise DemoError(f"the local Ray cluster did not come up: {err}. To fix: retry when the machine is "
-                            "less loaded (every site's raylet must register within 2 minutes)") from None
-        full = TritonModel(name=serve_app.triton_model_name(MODEL, VERSION), torchscript_path=self.prepared["full_path"],
-                           input_shape=tuple(self.prepared["x"].shape[1:]), max_batch_size=8,
-                           dynamic_batching=False)
-        tails = [TritonModel(name=serve_app.triton_model_name(MODEL, VERSION, s["point"].split, None),
-                             torchscript_path=s["tail"], input_shape=s["shape"], max_batch_size=8,
-                             dynamic_batching=False)
-                 for s in self.splits]
-        for region in REGIONS:
-            models = [full, *tails] if region == TAIL_REGION else [full]
-            self.devices[region] = serve_app.start_site_device(
-                region, REGIONS[region][1], models, spec, workdir=str(self.work / f"triton-{region}"),
-                trace_config=triton_trace_config(self.receiver.url), start_timeout_s=300.0)
-        try:
-            ray.get([d.start.remote() for d in self.devices.values()], timeout=600)
-        except Exception as err:  # noqa: BLE001 - a Ray task error wrapping TritonError, or a timeout
-            lines = [line for line in str(err).splitlines() if "Error" in line]
-            raise DemoError(f"Triton did not start: {(lines or [str(err)])[-1][:400]}. To fix: retry when the "
-                            f"machine is less loaded; Triton's logs are in {self.work}/triton-*/logs") from None
-
-    def deploy_initial(self, spec: Any) -> None:
-        """Plan the calibration spec (raw inputs), deploy it on Serve, start the control plane and the agents.
-
-        Both regions' site apps stay deployed for the whole run (`keep_apps`), so a re-plan only moves
-        the ingress's weights."""
-        from isthmus.optimizer import GeoPlanner
-        from isthmus.platform._grpc import free_port
-        from isthmus.platform.certs import init_certs
-        from isthmus.platform.control_plane import ControlPlaneServer, PartitionStore, PlanSource
-        from isthmus.platform.serve_app import INGRESS_APP, apply_serve_config, serve_config
-
-        plan = GeoPlanner(spec, latency_headroom=0.0).solve()
-        first = next(r for r in plan.routes if r.fraction > 0)
-        everywhere = plan.model_copy(update={"routes": [
-            first.model_copy(update={"site": region, "fraction": 1.0 / len(REGIONS), "instance_type": it})
-            for region, (it, _, _) in REGIONS.items()]})
-        http_port, grpc_port = free_port(), free_port()
-        # Triton over HTTP: its gRPC endpoint drops a few percent of the trace contexts it is sent (tracing.py)
-        site_options = {"tracing": {"jsonl_path": str(self.work / "serve.spans.jsonl")}, "triton_protocol": "http"}
-        keep = [a for a in serve_config(everywhere, spec, **site_options)["applications"] if a["name"] != INGRESS_APP]
-        self.serve_options = {"http_port": http_port, "grpc_port": grpc_port, **site_options, "keep_apps": keep}
-        apply_serve_config(serve_config(plan, spec, **self.serve_options), timeout_s=300)
-        self.target = f"127.0.0.1:{grpc_port}"
-        certs = self.work / "certs"
-        init_certs(certs, agents=AGENTS, force=True)
-        self.plan_source = PlanSource(PartitionStore(self.work / "store"))
-        self.publish(plan)
-        self.cp = ControlPlaneServer(self.plan_source, certs_dir=certs, port=free_port()).start()
-        self.agents = _start_agents(self.out, certs, self.cp.port, self.settings)
-        _wait_agents_loaded(self.agents, -1, timeout_s=180)
-
-    def start_optimizer(self, spec: Any) -> Any:
-        import ray
-
-        from isthmus.optimizer.actor import start_optimizer
-        from isthmus.spec import Plan
-
-        self.optimizer = start_optimizer(spec, serve_options=self.serve_options, drift_threshold=0.2,
-                                         resources={"isthmus:head": 0.01})
-        ray.get(self.optimizer.deploy.remote(), timeout=300)
-        return Plan.model_validate(ray.get(self.optimizer.plan.remote(), timeout=60))
-
-    def publish(self, plan: Any) -> int:
-        return self.plan_source.publish(_assignments(plan, self.splits, self.target))
+        state = _json.loads((self.work / "deployment.json").read_text())
+        if not ray.is_initialized():
+            ray.init(address=state["address"], namespace="isthmus", log_to_driver=False, logging_level="ERROR")
+        return ray.get_actor(state["optimizer"], namespace="isthmus")
 
     def __exit__(self, *exc: object) -> None:
         for agent in self.agents.values():
@@ -598,31 +533,20 @@ class _Runtime:
                 agent["proc"].wait(timeout=15)
             except subprocess.TimeoutExpired:
                 agent["proc"].kill()
-        if self.cp is not None:
-            self.cp.stop()
         try:
             import ray
-        except ImportError:
-            return
-        if ray.is_initialized():
-            try:
-                from ray import serve
 
-                serve.shutdown()
-            except Exception:  # noqa: BLE001 - best effort before the cluster goes
+            if ray.is_initialized():
+                ray.shutdown()
+        except ImportError:
+            pass
+        if self.deployed:
+            from isthmus.platform.deploy import DeployError, down
+
+            try:
+                down(self.work)
+            except DeployError:
                 pass
-            for device in self.devices.values():
-                try:
-                    ray.get(device.stop.remote(), timeout=60)
-                except Exception:  # noqa: BLE001
-                    pass
-            if self.optimizer is not None:
-                ray.kill(self.optimizer)
-            ray.shutdown()
-        if self.cluster is not None:
-            self.cluster.shutdown()
-        if self.receiver is not None:
-            self.receiver.stop()
 
 
 # ---------------------------------------------------------------- CLI

@@ -44,7 +44,7 @@ from typing import Any
 from isthmus.spec import Plan, SolverInfo, Spec
 
 __all__ = ["OPTIMIZER_NAME", "OPTIMIZER_NAMESPACE", "OptimizerActor", "start_optimizer", "telemetry_drift",
-           "measured_latency_ms", "with_lost_sites", "degraded_plan"]
+           "measured_latency_ms", "measured_rates_rps", "held_rates_rps", "with_lost_sites", "degraded_plan"]
 
 OPTIMIZER_NAME = "isthmus-optimizer"
 OPTIMIZER_NAMESPACE = "isthmus"
@@ -93,8 +93,34 @@ def _merge(pending: dict[str, dict], telemetry: dict[str, Any]) -> None:
 
 
 def _routing_signature(plan: Plan) -> list[tuple]:
-    return sorted((r.service, r.site, r.model_version, r.split, r.exit, round(r.fraction, 6))
-                  for r in plan.routes if r.fraction > 0)
+    """What a rollout must change when it differs: routes with their fractions, and the instances per pool."""
+    routes = sorted((r.service, r.site, r.model_version, r.split, r.exit, round(r.fraction, 6))
+                    for r in plan.routes if r.fraction > 0)
+    return routes + sorted(("instances", i.site, i.instance_type, i.model_version, i.count)
+                           for i in plan.instances if i.count > 0)
+
+
+def held_rates_rps(samples: list[dict[str, float]]) -> dict[str, float]:
+    """Per source, the largest of the measured rates in `samples` (those of the last `downscale_delay_s`): a rise
+    acts at once, a fall only once it has lasted the whole delay, so a lull or a burst of the load generator
+    cannot scale the fleet in and out again (SkyServe's downscale delay)."""
+    out: dict[str, float] = {}
+    for sample in samples:
+        for source, rate in sample.items():
+            out[source] = max(out.get(source, 0.0), rate)
+    return out
+
+
+def measured_rates_rps(spec: Spec, stats: dict[str, dict], min_requests: int) -> dict[str, float]:
+    """`rates_rps` telemetry from the ingress's per-service stats: a source's rate is the largest measured rate of
+    its services (each service sees every request of its source), over services with >= `min_requests` requests
+    in the window (fewer say too little; none is no reason to plan for zero)."""
+    out: dict[str, float] = {}
+    for service in spec.services:
+        row = stats.get(service.name)
+        if row and row.get("requests", 0) >= min_requests and row.get("rate_rps", 0) > 0:
+            out[service.source] = max(out.get(service.source, 0.0), float(row["rate_rps"]))
+    return out
 
 
 def _site_devices(spec: Spec) -> dict[tuple[str, str], str]:
@@ -203,13 +229,17 @@ class _OptimizerActor:
                  drift_threshold: float = 0.2, method: str = "auto", time_limit_s: float = 30.0,
                  ingress_resources: dict[str, float] | None = None, watch_interval_s: float | None = 1.0,
                  probe_timeout_s: float = 2.0, suspect_after: int = 2, poll_interval_s: float | None = None,
+                 rates_interval_s: float | None = None, rates_window_s: float = 10.0, rates_min_requests: int = 20,
+                 downscale_delay_s: float = 30.0,
+                 fleet: dict | None = None, control_plane: str | None = None, agent_target: str = "",
                  restore: bool = False):
         from isthmus.optimizer import GeoPlanner
         from isthmus.spec import parse_spec
 
         if drift_threshold < 0:
             raise ValueError(f"drift_threshold is {drift_threshold}. To fix: give a relative change >= 0, e.g. 0.2")
-        for name, value in (("watch_interval_s", watch_interval_s), ("poll_interval_s", poll_interval_s)):
+        for name, value in (("watch_interval_s", watch_interval_s), ("poll_interval_s", poll_interval_s),
+                            ("rates_interval_s", rates_interval_s)):
             if value is not None and not 0.1 <= value <= 3600:
                 raise ValueError(f"{name} is {value}. To fix: give seconds in [0.1, 3600], or None to turn it off")
         if not 0 < probe_timeout_s <= 60:
@@ -219,6 +249,15 @@ class _OptimizerActor:
         self._threshold = drift_threshold
         self._probe_timeout_s, self._suspect_after = probe_timeout_s, max(int(suspect_after), 1)
         self._watch_interval_s, self._poll_interval_s = watch_interval_s, poll_interval_s
+        self._rates_interval_s, self._rates_window_s = rates_interval_s, rates_window_s
+        self._rates_min_requests, self._downscale_delay_s = rates_min_requests, downscale_delay_s
+        self._rate_samples: list[tuple[float, dict[str, float]]] = []
+        self._fleet_options = dict(fleet) if fleet else None
+        self._control_plane, self._agent_target = control_plane, agent_target
+        self._heads: dict[tuple, bytes] | None = None
+        self._agents_seen: dict[str, dict] = {}        # registered agents at the last publish
+        self._bandwidth_seen: dict[tuple, float] = {}  # bandwidth telemetry last reported
+        self._published: dict[str, Any] = {}           # {version, splits: {agent: split}, at_unix}
         self._lock = threading.Lock()
         self._seen: set[str] = set()          # sites whose node was alive once: only these can be lost
         self._devices: dict[str, Any] = {}    # site → DeviceActor handle found by name
@@ -244,9 +283,10 @@ class _OptimizerActor:
             self._quotas = _quotas(self._planner.spec)
             self._version, self._config, self._pending, self._history = 0, None, {}, []
             self._lost = set()
+        self._fleet = self._make_fleet() if fleet else None
         self._persist()
         self._stop = threading.Event()
-        if self._key and (watch_interval_s or poll_interval_s):
+        if self._key and (watch_interval_s or poll_interval_s or rates_interval_s):
             threading.Thread(target=self._watch_loop, name="optimizer-watch", daemon=True).start()
 
     # ---------------------------------------------------------------- persistence
@@ -312,26 +352,200 @@ class _OptimizerActor:
         return {"restored": self.restored, "lost_sites": sorted(self._lost), "plan_version": self._version,
                 "watch_error": self._watch_error, "pid": os.getpid()}
 
+    def _make_fleet(self) -> Any:
+        """The deployment's InstanceFleet (one node + DeviceActor per planned instance) from `fleet` options:
+        {models: {"model/version": [TritonModel dicts]}, nodes: LocalNodes JSON or None, emulate, workdir,
+        trace_config}."""
+        from isthmus.platform.instances import InstanceFleet
+        from isthmus.platform.nodes import LocalNodes
+
+        options = dict(self._fleet_options)
+        nodes = options.pop("nodes", None)
+        return InstanceFleet(self._planner.spec, nodes=LocalNodes.from_json(nodes) if nodes else None, **options)
+
+    def fleet_status(self) -> list[dict]:
+        """Per pool (site, instance type, model version): planned and running instances (running: DeviceActor and
+        Triton up). Without a fleet (DeviceActors started by hand): []."""
+        if self._fleet is None:
+            return []
+        from isthmus.platform.instances import planned_pools
+
+        planned = planned_pools(self._plan)
+        running = self._fleet.running(self._plan)
+        return [{"site": p[0], "instance_type": p[1], "model_version": f"{p[2]}/{p[3]}",
+                 "planned": planned.get(p, 0), "running": running.get(p, 0)}
+                for p in sorted(set(planned) | set(running))]
+
+    def stop_fleet(self) -> None:
+        """Stop watching and stop every instance's DeviceActor and Triton (`isthmus down`)."""
+        self._stop.set()
+        if self._fleet is not None:
+            self._fleet.stop_all(self._plan)
+
+    def ingress_stats(self, window_s: float | None = None) -> dict[str, dict]:
+        """The ingress's per-service stats over `window_s` (default: the rates window): `ServiceStats.summary`."""
+        from ray import serve
+
+        from isthmus.platform.serve_app import INGRESS_APP
+
+        handle = serve.get_deployment_handle("Ingress", INGRESS_APP)
+        return handle.stats.remote(window_s or self._rates_window_s).result(timeout_s=10)
+
+    def poll_rates(self) -> dict[str, Any] | None:
+        """One pull of the ingress's measured request rates (`measured_rates_rps`), reported as `rates_rps`
+        telemetry: past the drift threshold the planner re-solves and the fleet and Serve follow. None when
+        no service had enough requests in the window."""
+        now = time.monotonic()
+        measured = measured_rates_rps(self._planner.spec, self.ingress_stats(), self._rates_min_requests)
+        self._rate_samples = [(t, r) for t, r in self._rate_samples if t >= now - self._downscale_delay_s]
+        self._rate_samples.append((now, measured))
+        rates = held_rates_rps([r for _, r in self._rate_samples])
+        if not measured:
+            return None
+        return self._update({"rates_rps": rates}, source="rates",
+                            extra={"measured": {k: round(v, 3) for k, v in measured.items()}})
+
+    # ---------------------------------------------------------------- edge agents, through the control plane
+    def _control(self) -> Any:
+        import ray
+
+        if not self._control_plane:
+            return None
+        try:
+            return ray.get_actor(self._control_plane, namespace=OPTIMIZER_NAMESPACE)
+        except ValueError:
+            return None
+
+    def _head_bytes(self) -> dict[tuple, bytes]:
+        """(version, split, exit) → head TorchScript bytes of the split tails the fleet serves."""
+        if self._heads is None:
+            from pathlib import Path
+
+            self._heads = {}
+            for key, models in ((self._fleet_options or {}).get("models") or {}).items():
+                for triton in models:
+                    if triton.get("head_path"):
+                        version = key.split("/", 1)[1]
+                        self._heads[(version, triton["split"], triton.get("exit"))] = Path(
+                            triton["head_path"]).read_bytes()
+        return self._heads
+
+    def publish_agents(self) -> dict[str, Any]:
+        """Publish every edge agent's assignment for the current plan (`agent_assignments`) through the control
+        plane; returns {version, splits} ({} without a control plane). Agents acknowledge by reporting telemetry
+        from the new version with the new split (`agents_status`)."""
+        import ray
+
+        from isthmus.platform.assignments import agent_assignments
+
+        control = self._control()
+        if control is None:
+            return {}
+        agents = ray.get(control.agents.remote(), timeout=30)
+        assignments = agent_assignments(self._plan, self._planner.spec, agents, self._head_bytes(),
+                                        self._agent_target)
+        if not assignments:
+            return {}
+        version = ray.get(control.publish.remote(assignments), timeout=60)
+        self._agents_seen = agents
+        self._published = {"version": version, "at_unix": time.time(), "plan_version": self._version,
+                           "splits": {a: v["split"] for a, v in assignments.items() if a in agents}}
+        return dict(self._published)
+
+    def _await_agents(self, timeout_s: float = 60.0) -> float | None:
+        """Seconds until every agent of the last publish acknowledged it (`agents_status`), None on timeout or
+        when nothing was published to a registered agent."""
+        if not self._published.get("splits"):
+            return None
+        start = time.monotonic()
+        while time.monotonic() - start < timeout_s:
+            agents = self.agents_status()["agents"]
+            if all(agents.get(a, {}).get("acked") for a in self._published["splits"]):
+                return time.monotonic() - start
+            time.sleep(0.2)
+        return None
+
+    def agents_status(self) -> dict[str, Any]:
+        """The last publish and, per registered agent, its latest telemetry's split and whether it runs the
+        published one (`acked`)."""
+        import ray
+
+        control = self._control()
+        if control is None:
+            return {"published": {}, "agents": {}}
+        latest: dict[str, dict] = {}
+        for report in ray.get(control.telemetry.remote(time.time() - 120), timeout=30):
+            latest[report["agent_id"]] = report
+        splits = self._published.get("splits", {})
+        agents = {a: {"split": r.get("split"), "plan_version": r.get("plan_version"), "uplink_mbps": r.get("uplink_mbps"),
+                      "acked": a in splits and r.get("plan_version", 0) >= self._published["version"]
+                      and r.get("split") == splits[a]} for a, r in latest.items()}
+        return {"published": dict(self._published), "agents": agents}
+
+    def poll_agents(self) -> dict[str, Any] | None:
+        """One pull from the control plane: a change in the registered agents re-publishes; the agents' bandwidth
+        probes (`measured_bandwidth_mbps`) go in as `bandwidth_mbps` telemetry when they changed. Returns the
+        history entry of that report, or None."""
+        import ray
+
+        from isthmus.platform.assignments import measured_bandwidth_mbps
+
+        control = self._control()
+        if control is None:
+            return None
+        agents = ray.get(control.agents.remote(), timeout=30)
+        if {a: i.get("site") for a, i in agents.items()} != {a: i.get("site") for a, i in self._agents_seen.items()}:
+            with self._lock:
+                self.publish_agents()
+        reports = ray.get(control.telemetry.remote(time.time() - 60), timeout=30)
+        bandwidth = measured_bandwidth_mbps(self._planner.spec, agents, reports)
+        if not bandwidth or bandwidth == self._bandwidth_seen:
+            return None
+        self._bandwidth_seen = bandwidth
+        return self._update({"bandwidth_mbps": bandwidth}, source="agents",
+                            extra={"measured": {"/".join(k): round(v, 4) for k, v in bandwidth.items()}})
+
+    def update_spec(self, spec: dict) -> dict[str, Any]:
+        """Take a new spec (e.g. re-measured numbers): plan it from scratch and roll the plan out (fleet, Serve,
+        agents) like a re-plan. Returns the history entry."""
+        from isthmus.optimizer import GeoPlanner
+        from isthmus.spec import parse_spec
+
+        with self._lock:
+            with _plain_errors():
+                planner = GeoPlanner(parse_spec(spec), method=self._planner.method,
+                                     time_limit_s=self._planner.time_limit_s)
+                plan = planner.solve()
+            self._planner, self._quotas = planner, _quotas(planner.spec)
+            if self._fleet is not None:
+                self._fleet.spec = planner.spec
+        return self._update({}, force=False, source="spec", replacement=plan)
+
     # ---------------------------------------------------------------- actions
     def _build_config(self) -> dict:
         from isthmus.platform.serve_app import serve_config
 
         # ingress_resources pins the ingress (e.g. to the head) so that losing a region cannot take it along
         return serve_config(self._plan, self._planner.spec, plan_version=self._version,
-                            ingress_resources=self._ingress_resources or None, **self._serve_options)
+                            ingress_resources=self._ingress_resources or None, per_instance=self._fleet is not None,
+                            **self._serve_options)
 
     def deploy(self) -> dict[str, float]:
-        """Deploy the current plan as the Serve app (first time) or re-apply it."""
+        """Deploy the current plan as the Serve app (first time) or re-apply it; with a fleet, its instances
+        (nodes, DeviceActors, Triton) start first."""
         from isthmus.platform.serve_app import rollout
 
         with self._lock:
+            if self._fleet is not None:
+                self._fleet.scale_out(self._plan)
             config = self._build_config()
             seconds = rollout(self._config, config)
+            self.publish_agents()
             self._config = json.loads(json.dumps(config))   # as persisted, so a restored actor returns the same
             self._persist()
             return seconds
 
-    def _rollout(self, config: dict) -> dict[str, float]:
+    def _rollout(self, config: dict, retire: bool = True) -> dict[str, float]:
         """Roll out `config`; apps of lost sites leave at once with the new ingress (they can never become
         RUNNING again, so `rollout` must not wait for them), the other steps as in `serve_app.rollout`."""
         from isthmus.platform.serve_app import INGRESS_APP, rollout
@@ -343,7 +557,7 @@ class _OptimizerActor:
             ingress = next(a for a in config["applications"] if a["name"] == INGRESS_APP)
             old = dict(old, applications=[ingress, *(a for a in old["applications"]
                                                       if a["name"] not in lost_apps and a["name"] != INGRESS_APP)])
-        return rollout(old, config)
+        return rollout(old, config, retire=retire)
 
     def report(self, telemetry: dict[str, Any], force: bool = False) -> dict[str, Any]:
         """Take telemetry ({kind: {key: value}}, kinds as in GeoPlanner.replan); re-plan and roll out on drift.
@@ -353,8 +567,10 @@ class _OptimizerActor:
         return self._update(telemetry, force=force, source="report")
 
     def _update(self, telemetry: dict[str, Any], *, force: bool = False, lost: set[str] | None = None,
-                source: str = "report", extra: dict | None = None) -> dict[str, Any]:
+                source: str = "report", extra: dict | None = None, replacement: Plan | None = None) -> dict[str, Any]:
         """Merge telemetry (and a new set of lost sites); re-plan on drift, force or a liveness change."""
+        from isthmus.platform.serve_app import apply_serve_config
+
         with self._lock:
             start = time.monotonic()
             incoming: dict[str, dict] = {}
@@ -372,11 +588,11 @@ class _OptimizerActor:
                 entry.update(lost_sites=sorted(lost), returned_sites=sorted(self._lost - lost))
                 self._lost = set(lost)
                 self._planner.spec = with_lost_sites(self._planner.spec, self._quotas, self._lost)
-            if force or drift > self._threshold or liveness:
+            if force or drift > self._threshold or liveness or replacement is not None:
                 old = self._plan
                 try:
                     with _plain_errors():
-                        self._plan = self._planner.replan(**pending)
+                        self._plan = replacement if replacement is not None else self._planner.replan(**pending)
                 except ValueError as err:
                     if liveness:
                         self._plan = degraded_plan(old, self._lost)   # serve on what is left
@@ -394,9 +610,20 @@ class _OptimizerActor:
                     self._version += 1
                     entry.update(changed=True, plan_version=self._version)
                     if self._config is not None:
+                        if self._fleet is not None:   # new instances serve before the old ones go
+                            entry["fleet"] = {"out": self._fleet.scale_out(self._plan)}
                         config = self._build_config()
-                        entry["rollout"] = self._rollout(config)
+                        # old site apps stay until the edge agents run the new split (their requests in between
+                        # still take the old routes), then retire with the instances the plan no longer has
+                        entry["rollout"] = self._rollout(config, retire=False)
+                        entry["published"] = self.publish_agents()
+                        entry["agents_acked_s"] = self._await_agents()
+                        start_retire = time.monotonic()
+                        apply_serve_config(config)
+                        entry["rollout"]["retire_old_s"] = time.monotonic() - start_retire
                         self._config = json.loads(json.dumps(config))
+                        if self._fleet is not None:
+                            entry["fleet"]["in"] = self._fleet.scale_in(self._plan)
             entry["seconds"] = time.monotonic() - start
             self._history.append(entry)
             del self._history[:-_HISTORY_LIMIT]
@@ -458,7 +685,10 @@ class _OptimizerActor:
             with self._lock:
                 self._seen |= seen
                 self._persist()
-        lost = {site for site in self._seen if resources.get(site) not in alive}
+        watched = self._seen
+        if self._fleet is not None:   # a site the plan scaled to no instance has no node, and is not lost
+            watched = self._seen & ({i.site for i in self._plan.instances if i.count > 0} | self._lost)
+        lost = {site for site in watched if resources.get(site) not in alive}
         lost |= self._probe(self._seen - lost)
         entry = self._update({}, lost=lost, source="liveness") if lost != self._lost else None
         return {"lost_sites": sorted(self._lost), "entry": entry}
@@ -485,7 +715,8 @@ class _OptimizerActor:
 
     def _watch_loop(self) -> None:
         next_poll = time.monotonic() + (self._poll_interval_s or 0)
-        interval = min(x for x in (self._watch_interval_s, self._poll_interval_s) if x)
+        next_rates = time.monotonic() + (self._rates_interval_s or 0)
+        interval = min(x for x in (self._watch_interval_s, self._poll_interval_s, self._rates_interval_s) if x)
         while not self._stop.wait(interval):
             try:
                 if self._watch_interval_s:
@@ -493,6 +724,10 @@ class _OptimizerActor:
                 if self._poll_interval_s and time.monotonic() >= next_poll:
                     next_poll = time.monotonic() + self._poll_interval_s
                     self.poll_once()
+                if self._rates_interval_s and self._config is not None and time.monotonic() >= next_rates:
+                    next_rates = time.monotonic() + self._rates_interval_s
+                    self.poll_agents()
+                    self.poll_rates()
                 self._watch_error = ""
             except Exception as err:  # noqa: BLE001 - keep watching; status() shows the last error
                 self._watch_error = f"{type(err).__name__}: {str(err)[:300]}"

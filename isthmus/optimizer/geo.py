@@ -1,6 +1,6 @@
 """The geo planner: A2's joint model/data-version placement as a MILP (cvxpy + HiGHS).
 
-Symbols (shared/DESIGN.md "Semantics"). Service s has rate λ_s, SLO slo_s and floor min_accuracy_s;
+Symbols (docs/spec.md "Semantics"). Service s has rate λ_s, SLO slo_s and floor min_accuracy_s;
 route r = (d, m, j, t[, k, e]) has latency L_r, accuracy a_r = accuracy_m + accuracy_delta_d (or the
 exit's), egress price g_r = bytes·3600/1e9·egress_per_gb ($/h per request/s). Pool-version
 q = (j, t, m) has capacity c_q = capacity_rps(m, dev(t)) per instance and price π_q = price_per_hour_t.

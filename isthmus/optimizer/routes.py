@@ -1,7 +1,7 @@
 """Candidate routes of a Spec, enumerated with numpy broadcasting (no per-route Python loops).
 
 A route r of service s is (data version d, model version m, site j, instance type t): one pool
-p = (j, t) with device dev(p). Its latency (DESIGN.md "Semantics") is
+p = (j, t) with device dev(p). Its latency (docs/spec.md "Semantics") is
 
     L_r = rtt(o_s, j) + 8·bytes_d / bw(o_s, j) + latency_ms(m, dev(p))
 

@@ -1,6 +1,6 @@
 """isthmus.partition: where to split a model between an edge device and a site.
 
-- `partition_graph`: exact DAG min-cut (DADS) on the "Partition input" graph of shared/DESIGN.md.
+- `partition_graph`: exact DAG min-cut (DADS) on the "Partition input" graph of docs/spec.md.
 - `ChainTable`: Edgent (exit + split under an SLO) and Neurosurgeon (fastest split) on chain models.
 - `ModelPartitioner` / `compare_strategies`: a profiled zoo model on an (edge device, server) pair.
 - `fill_splits`: SplitPoints for the geo planner; `export_partitions`: head/tail TorchScript files.

@@ -1,6 +1,6 @@
 """DAG partitioning between a device and a server (DADS): exact min-cut via max-flow.
 
-Input (shared/DESIGN.md "Partition input"): nodes with `device_ms`, `server_ms`, `out_bytes`,
+Input (docs/spec.md "Partition input"): nodes with `device_ms`, `server_ms`, `out_bytes`,
 edges producer -> consumer, and `input_bytes` (the request, produced on the device).
 A partition puts a predecessor-closed device set D on the device and the rest on the server:
 

@@ -29,6 +29,7 @@ optional. Reply: `{"output", "prediction", "site", "model_version", "node_id", "
 from __future__ import annotations
 
 import asyncio
+import collections
 import re
 import time
 from typing import Any, Iterable
@@ -40,8 +41,9 @@ from isthmus.spec import Plan, Spec
 
 __all__ = [
     "INGRESS_APP", "RouteEntry", "RoutingTable", "WeightedRouter", "route_groups", "routing_table", "site_app_name",
+    "pool_resource", "instance_counts",
     "triton_model_name", "site_resource", "serve_config", "apply_serve_config", "rollout", "ingress_app",
-    "site_app", "add_InferenceServicer_to_server", "device_actor_name", "start_site_device", "DEVICE_NAMESPACE",
+    "site_app", "ServiceStats", "add_InferenceServicer_to_server", "device_actor_name", "start_site_device", "DEVICE_NAMESPACE",
     "GRPC_SERVICER",
 ]
 
@@ -75,6 +77,7 @@ class RoutingTable(BaseModel):
     model_config = ConfigDict(extra="forbid")
     plan_version: int = 0
     services: dict[str, list[RouteEntry]] = Field(default_factory=dict)
+    slo_ms: dict[str, float] = Field(default_factory=dict, description="Each service's SLO, for attainment.")
 
 
 def _slug(text: str) -> str:
@@ -96,9 +99,16 @@ def triton_model_name(model: str, version: str, split: int | None = None, exit: 
     return name
 
 
-def device_actor_name(site: str) -> str:
-    """Name (in namespace DEVICE_NAMESPACE) under which a site's DeviceActor is registered."""
-    return f"isthmus-device:{site}"
+def device_actor_name(site: str, node_id: str | None = None) -> str:
+    """Name (in namespace DEVICE_NAMESPACE) under which a site's DeviceActor is registered: one per site, or, in
+    a deployment with one DeviceActor per planned instance, one per (site, node)."""
+    return f"isthmus-device:{site}" + (f"@{node_id}" if node_id else "")
+
+
+def pool_resource(site: str, model: str, version: str) -> str:
+    """Custom resource of the nodes that host instances of (model, version) at `site` (one unit per node): a
+    deployment's Serve replicas ask for 0.01 of it, at most one per node, so each lands beside its own Triton."""
+    return f"pool:{_slug(site)}:{_slug(model)}:{_slug(version)}"
 
 
 def site_resource(site: str, spec: Spec | None = None, edge: bool | None = None) -> str:
@@ -147,7 +157,18 @@ def routing_table(plan: Plan, spec: Spec | None = None, plan_version: int = 0) -
             version=route.model_version, fraction=route.fraction, split=route.split, exit=route.exit,
             triton_model=triton_model_name(model, route.model_version, route.split, route.exit),
             latency_ms=route.latency_ms))
-    return RoutingTable(plan_version=plan_version, services=services)
+    slo = {s.name: s.slo_ms for s in spec.services} if spec is not None else {}
+    return RoutingTable(plan_version=plan_version, services=services,
+                        slo_ms={name: slo[name] for name in services if name in slo})
+
+
+def instance_counts(plan: Plan) -> dict[tuple[str, str, str], int]:
+    """(site, model, version) → Σ_t y_{j,t,m}: the plan's instances of a model version at a site."""
+    out: dict[tuple[str, str, str], int] = {}
+    for inst in plan.instances:
+        model, _, version = inst.model_version.partition("/")
+        out[(inst.site, model, version)] = out.get((inst.site, model, version), 0) + inst.count
+    return out
 
 
 def _model_from_instances(plan: Plan, site: str, version: str) -> str:
@@ -205,7 +226,8 @@ def serve_config(plan: Plan, spec: Spec | None = None, *, triton_urls: dict[str,
                  http_port: int = 8000, grpc_port: int = 9000, tracing: dict[str, Any] | None = None,
                  plan_version: int = 0, keep_apps: Iterable[dict] = (), ingress_replicas: int = 1,
                  edge_sites: Iterable[str] = (), ingress_resources: dict[str, float] | None = None,
-                 attempt_timeout_s: float = _ATTEMPT_TIMEOUT_S, triton_protocol: str = "grpc") -> dict:
+                 attempt_timeout_s: float = _ATTEMPT_TIMEOUT_S, triton_protocol: str = "grpc",
+                 per_instance: bool = False) -> dict:
     """The Serve deploy config (a `ServeDeploySchema` dict) that runs `plan`.
 
     Site apps are pinned by resource `region:<site>` / `edge:<site>` (0.01 of the node's unit, num_cpus 0).
@@ -214,6 +236,8 @@ def serve_config(plan: Plan, spec: Spec | None = None, *, triton_urls: dict[str,
     Without `spec`, sites in `edge_sites` are pinned as `edge:<site>`, all others as `region:<site>`.
     `ingress_resources` pins the ingress (e.g. `{"isthmus:head": 0.01}`, so losing a region cannot take it
     along); `attempt_timeout_s` is the ingress's floor of the per-attempt timeout max(attempt_timeout_s, 4·L_r).
+    `per_instance` (what `isthmus deploy` runs): a (site, model version) app gets `num_replicas` = the plan's
+    instances Σ_t y_{j,t,m}, at most one per node, pinned by `pool_resource` to the nodes of those instances.
     """
     _check_protocol(triton_protocol)
     if attempt_timeout_s <= 0:
@@ -222,6 +246,7 @@ def serve_config(plan: Plan, spec: Spec | None = None, *, triton_urls: dict[str,
     from isthmus.platform.tracing import TracingConfig
 
     table = routing_table(plan, spec, plan_version)
+    counts = instance_counts(plan)
     urls = dict(triton_urls or {})
     tracing = TracingConfig.model_validate(tracing).model_dump(exclude_none=True) if tracing else None
     site_apps: dict[str, dict] = {}
@@ -230,14 +255,19 @@ def serve_config(plan: Plan, spec: Spec | None = None, *, triton_urls: dict[str,
             if entry.app in site_apps:
                 continue
             resource = site_resource(entry.site, spec, entry.site in set(edge_sites))
+            deployment = {"name": "SiteModel", "num_replicas": 1, "max_ongoing_requests": 64,
+                          "ray_actor_options": {"num_cpus": 0, "resources": {resource: 0.01}}}
+            if per_instance:
+                deployment.update(num_replicas=max(1, counts.get((entry.site, entry.model, entry.version), 0)),
+                                  max_replicas_per_node=1, ray_actor_options={"num_cpus": 0, "resources": {
+                                      pool_resource(entry.site, entry.model, entry.version): 0.01}})
             site_apps[entry.app] = {
                 "name": entry.app, "route_prefix": None,
                 "import_path": "isthmus.platform.serve_app:site_app",
                 "args": {"site": entry.site, "model": entry.model, "version": entry.version,
                          "triton_url": urls.get(entry.site), "tracing": tracing or {},
                          **({"triton_protocol": triton_protocol} if triton_protocol != "grpc" else {})},
-                "deployments": [{"name": "SiteModel", "num_replicas": 1, "max_ongoing_requests": 64,
-                                 "ray_actor_options": {"num_cpus": 0, "resources": {resource: 0.01}}}],
+                "deployments": [deployment],
             }
     for app in keep_apps:
         site_apps.setdefault(app["name"], app)
@@ -303,12 +333,15 @@ def _ingress_plan_version() -> int:
     return serve.get_deployment_handle("Ingress", INGRESS_APP).plan_version.remote().result(timeout_s=30)
 
 
-def rollout(old_config: dict | None, new_config: dict, timeout_s: float = 180.0) -> dict[str, float]:
+def rollout(old_config: dict | None, new_config: dict, timeout_s: float = 180.0, retire: bool = True
+            ) -> dict[str, float]:
     """Move the running app from `old_config` to `new_config` without dropping a request.
 
     1. start the new site apps next to the old ones (ingress still on the old weights);
     2. switch the ingress's weights in place (`user_config` → `reconfigure`) and wait until it serves them;
-    3. retire the site apps the new plan no longer uses (Serve drains their in-flight requests).
+    3. retire the site apps the new plan no longer uses (Serve drains their in-flight requests) — with
+       `retire=False` the caller does it later (`apply_serve_config(new_config)`), e.g. once edge agents that
+       still send to the old routes have switched.
     Returns seconds per step.
     """
     seconds: dict[str, float] = {}
@@ -336,6 +369,8 @@ def rollout(old_config: dict | None, new_config: dict, timeout_s: float = 180.0)
             raise TimeoutError(f"the ingress did not take plan version {version} within {timeout_s:.0f} s")
         time.sleep(0.1)
     seconds["switch_weights_s"] = time.monotonic() - start
+    if not retire:
+        return seconds
     start = time.monotonic()
     apply_serve_config(new_config, timeout_s)
     seconds["retire_old_s"] = time.monotonic() - start
@@ -503,16 +538,63 @@ class _SiteModel:
 
 
 def _device_url(site: str, protocol: str = "grpc") -> str:
-    """The Triton address (gRPC or HTTP) of the site's DeviceActor."""
+    """The Triton address (gRPC or HTTP) of the DeviceActor on this replica's node, else of the site's one."""
     import ray
 
-    try:
-        actor = ray.get_actor(device_actor_name(site), namespace=DEVICE_NAMESPACE)
-    except ValueError:
-        raise ValueError(f"site {site!r} has no triton_url and no DeviceActor named {device_actor_name(site)!r} "
-                         f"in namespace {DEVICE_NAMESPACE!r}. To fix: start the site's DeviceActor with that name, "
-                         "or pass triton_urls") from None
-    return ray.get((actor.http_url if protocol == "http" else actor.grpc_url).remote(), timeout=30)
+    names = [device_actor_name(site, ray.get_runtime_context().get_node_id()), device_actor_name(site)]
+    for name in names:
+        try:
+            actor = ray.get_actor(name, namespace=DEVICE_NAMESPACE)
+        except ValueError:
+            continue
+        return ray.get((actor.http_url if protocol == "http" else actor.grpc_url).remote(), timeout=30)
+    raise ValueError(f"site {site!r} has no triton_url and no DeviceActor named {names[0]!r} or {names[1]!r} "
+                     f"in namespace {DEVICE_NAMESPACE!r}. To fix: start the site's DeviceActor with that name, "
+                     "or pass triton_urls")
+
+
+class ServiceStats:
+    """What the ingress served, per service, in a sliding window (the measured rates the OptimizerActor polls).
+
+    rate_rps = n / max(t_now − t_first, 1 s) over the n requests that *arrived* in the window (arrivals, not
+    completions: an overloaded service completes only what its instances can serve), so a load that began 2 s
+    ago is not diluted over the whole window; latencies and slo_attainment (share of the window's completed
+    requests that succeeded within the service's SLO; failures count as misses) are over completions.
+    """
+
+    def __init__(self, limit: int = 200_000) -> None:
+        self._rows: collections.deque[tuple[float, str, float, bool]] = collections.deque(maxlen=limit)
+        self._arrivals: collections.deque[tuple[float, str]] = collections.deque(maxlen=limit)
+
+    def arrive(self, service: str) -> None:
+        self._arrivals.append((time.monotonic(), service))
+
+    def add(self, service: str, latency_ms: float, ok: bool) -> None:
+        self._rows.append((time.monotonic(), service, latency_ms, ok))
+
+    def summary(self, window_s: float, slo_ms: dict[str, float], now: float | None = None) -> dict[str, dict]:
+        now = time.monotonic() if now is None else now
+        by_service: dict[str, list[tuple[float, float, bool]]] = {}
+        for t, service, latency_ms, ok in list(self._rows):
+            if t >= now - window_s:
+                by_service.setdefault(service, []).append((t, latency_ms, ok))
+        arrived: dict[str, list[float]] = {}
+        for t, service in list(self._arrivals):
+            if t >= now - window_s:
+                arrived.setdefault(service, []).append(t)
+        out = {}
+        for service, rows in by_service.items():
+            t, latency, ok = (np.array(col) for col in zip(*rows))
+            times = arrived.get(service, [now])
+            slo = slo_ms.get(service)
+            out[service] = {
+                "requests": int(len(rows)), "errors": int((~ok).sum()),
+                "rate_rps": float(len(arrived.get(service, [])) / max(now - min(times), 1.0)),
+                "latency_ms_p50": float(np.percentile(latency[ok], 50)) if ok.any() else None,
+                "latency_ms_p99": float(np.percentile(latency[ok], 99)) if ok.any() else None,
+                "slo_ms": slo,
+                "slo_attainment": float((ok & (latency <= slo)).mean()) if slo else None}
+        return out
 
 
 class _BadRequest(ValueError):
@@ -532,6 +614,7 @@ class _Ingress:
         self._groups: dict[tuple, tuple[list[RouteEntry], WeightedRouter]] = {}
         self._handles: dict[str, Any] = {}
         self._metrics = _Metrics(INGRESS_APP)
+        self._served = ServiceStats()
 
     def reconfigure(self, config: dict) -> None:
         """New routing table (Serve calls this in place when `user_config` changes)."""
@@ -546,6 +629,10 @@ class _Ingress:
 
     def plan_version(self) -> int:
         return self._table.plan_version
+
+    def stats(self, window_s: float = 10.0) -> dict[str, dict]:
+        """Per service over the last `window_s`: rate, errors, p50/p99 and SLO attainment (`ServiceStats`)."""
+        return self._served.summary(window_s, self._table.slo_ms)
 
     def routes(self) -> dict:
         return self._table.model_dump(mode="json")
@@ -570,6 +657,7 @@ class _Ingress:
             raise _BadRequest(f"service {service!r} has no route with split={split}, exit={exit}. "
                               f"To fix: send one of (split, exit) {offered} (None = the raw input)")
         entries, router = groups[key]
+        self._served.arrive(service)
         excluded: set[int] = set()
         attempts, errors = 0, []
         start = time.perf_counter()
@@ -597,11 +685,13 @@ class _Ingress:
                                           int(array.shape[0]), False)
                     excluded.add(index)
                     if len(excluded) == len(entries):
+                        self._served.add(service, (time.perf_counter() - start) * 1000, False)
                         raise RuntimeError(f"every route of service {service!r} failed: {errors}") from None
                     index = router.pick(excluded)
             trace_id = f"{span.get_span_context().trace_id:032x}" if span is not None else None
-        self._metrics.observe(entry.site, entry.version, (time.perf_counter() - start) * 1000,
-                              int(array.shape[0]), True)
+        latency_ms = (time.perf_counter() - start) * 1000
+        self._metrics.observe(entry.site, entry.version, latency_ms, int(array.shape[0]), True)
+        self._served.add(service, latency_ms, True)
         return dict(reply, attempts=attempts, trace_id=trace_id, service=service, plan_version=table.plan_version)
 
     async def __call__(self, request: Any) -> Any:

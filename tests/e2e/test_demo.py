@@ -33,6 +33,7 @@ def test_the_demo_spec_moves_the_split_when_the_uplink_halves(tmp_path) -> None:
 
     from isthmus import demo
     from isthmus.optimizer import GeoPlanner
+    from isthmus.platform.assignments import agent_assignments
     from isthmus.spec import SplitPoint
 
     head = tmp_path / "head.pt"
@@ -51,9 +52,12 @@ def test_the_demo_spec_moves_the_split_when_the_uplink_halves(tmp_path) -> None:
     assert demo._mean_split(after) > demo._mean_split(before)
     assert after.cost_per_hour > before.cost_per_hour
     assert after.routes[0].latency_ms == pytest.approx(20 + 1.1 + 8 * 186 / 100 + 0.2, rel=1e-3)
-    raw = demo._assignments(before, splits, "127.0.0.1:1")
-    split = demo._assignments(after, splits, "127.0.0.1:1")
-    assert set(raw) == set(demo.AGENTS) and all(a["head"] is None and a["split"] == -1 for a in raw.values())
+    agents = {agent: {"site": demo.EDGE_SITE} for agent in demo.AGENTS}
+    heads = {("fp32", 14, None): head.read_bytes()}
+    raw = agent_assignments(before, spec, agents, heads, "127.0.0.1:1")
+    split = agent_assignments(after, spec, agents, heads, "127.0.0.1:1")
+    assert set(raw) == {*demo.AGENTS, demo.EDGE_SITE}   # each agent, and the site's entry for later ones
+    assert all(a["head"] is None and a["split"] == -1 for a in raw.values())
     assert all(a["head"] == b"torchscript head" and a["split"] == 14 and a["model"] == demo.SERVICE
                for a in split.values())
     with pytest.raises(demo.DemoError, match="To fix"):  # at a high bandwidth no split beats the raw input

@@ -1,4 +1,4 @@
-"""Geo planner: plans satisfy every constraint of DESIGN.md "Semantics" (checked by an independent
+"""Geo planner: plans satisfy every constraint of docs/spec.md "Semantics" (checked by an independent
 implementation here), the MILP equals exhaustive enumeration on small specs, diagnosis names the binding
 constraint, and a re-plan re-uses the compiled problem."""
 
@@ -93,7 +93,7 @@ def _reference_routes(spec):
 
 
 def _check_plan(spec, plan):
-    """Every constraint of DESIGN.md Semantics, recomputed from the spec alone."""
+    """Every constraint of docs/spec.md Semantics, recomputed from the spec alone."""
     routes = {(r["s"], r["d"], r["v"], r["site"], r["type"]): r for r in _reference_routes(spec)}
     names = [s.name for s in spec.services]
     frac = np.zeros(len(names))

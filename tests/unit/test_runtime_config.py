@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from collections import Counter
 from concurrent import futures
@@ -17,7 +18,7 @@ from isthmus.optimizer.actor import _merge, _OptimizerActor, telemetry_drift
 from isthmus.platform import serve_app
 from isthmus.platform.cluster import missing_sites, node_sites
 from isthmus.platform.tracing import (OtlpHttpReceiver, load_spans, setup_tracing, shutdown_tracing, summarize)
-from isthmus.spec import Plan, parse_spec
+from isthmus.spec import Plan, PlanInstance, parse_spec
 
 # Two regions (us-east cheaper) and an edge camera; capacity forces fractions 0.4 / 0.4 / 0.2.
 SPEC = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "runtime-local.yaml").read_text())
@@ -76,9 +77,32 @@ def test_routing_table_and_serve_config_pin_sites_by_resource() -> None:
     assert apps["isthmus-site-cam-1-mlp-fp32"]["args"]["triton_url"] is None
     routes = apps[serve_app.INGRESS_APP]["deployments"][0]["user_config"]["services"]["detect"]
     assert [r["fraction"] for r in routes] == [0.4, 0.6]
+    assert apps[serve_app.INGRESS_APP]["deployments"][0]["user_config"]["slo_ms"] == {"detect": 200.0}
     no_spec = serve_app.serve_config(plan, edge_sites=["cam-1"])
+    apps[serve_app.INGRESS_APP]["deployments"][0]["user_config"]["slo_ms"] = {}   # the SLO comes from the spec
     assert no_spec["applications"] == config["applications"][:1] + [
         dict(a, args=dict(a["args"], triton_url=None)) for a in config["applications"][1:]]
+    per_instance = serve_app.serve_config(plan.model_copy(update={"instances": [
+        PlanInstance(site="us-east", instance_type="c", model_version="mlp/fp32", count=3)]}), spec, per_instance=True)
+    ServeDeploySchema.model_validate(per_instance)
+    site = next(a for a in per_instance["applications"] if a["name"] == "isthmus-site-us-east-mlp-fp32")["deployments"][0]
+    assert (site["num_replicas"], site["max_replicas_per_node"]) == (3, 1)
+    assert site["ray_actor_options"]["resources"] == {serve_app.pool_resource("us-east", "mlp", "fp32"): 0.01}
+
+
+def test_service_stats_rate_from_arrivals_and_attainment_from_completions() -> None:
+    stats = serve_app.ServiceStats()
+    for _ in range(10):
+        stats.arrive("a")
+    for latency_ms in (10, 20, 30, 200):
+        stats.add("a", latency_ms, True)
+    stats.add("a", 5, False)
+    row = stats.summary(10.0, {"a": 50.0}, now=time.monotonic() + 2.0)["a"]
+    assert row["requests"] == 5 and row["errors"] == 1
+    assert 4.5 < row["rate_rps"] <= 5.0          # 10 arrivals over ~2 s
+    assert row["slo_attainment"] == 3 / 5        # the failure and the 200 ms one miss the 50 ms SLO
+    assert row["latency_ms_p50"] == 25.0
+    assert stats.summary(1.0, {}, now=time.monotonic() + 5.0) == {}
 
 
 def test_route_groups_keep_split_routes_apart() -> None:
