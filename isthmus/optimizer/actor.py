@@ -230,7 +230,7 @@ class _OptimizerActor:
                  ingress_resources: dict[str, float] | None = None, watch_interval_s: float | None = 1.0,
                  probe_timeout_s: float = 2.0, suspect_after: int = 2, poll_interval_s: float | None = None,
                  rates_interval_s: float | None = None, rates_window_s: float = 10.0, rates_min_requests: int = 20,
-                 downscale_delay_s: float = 30.0,
+                 downscale_delay_s: float = 30.0, target_utilization: float = 1.0,
                  fleet: dict | None = None, control_plane: str | None = None, agent_target: str = "",
                  restore: bool = False):
         from isthmus.optimizer import GeoPlanner
@@ -251,6 +251,10 @@ class _OptimizerActor:
         self._watch_interval_s, self._poll_interval_s = watch_interval_s, poll_interval_s
         self._rates_interval_s, self._rates_window_s = rates_interval_s, rates_window_s
         self._rates_min_requests, self._downscale_delay_s = rates_min_requests, downscale_delay_s
+        if not 0.1 <= target_utilization <= 1.0:
+            raise ValueError(f"target_utilization is {target_utilization}. To fix: give the share of an instance's "
+                             "capacity the fleet may use, in [0.1, 1], e.g. 0.8")
+        self._target_utilization = target_utilization
         self._rate_samples: list[tuple[float, dict[str, float]]] = []
         self._fleet_options = dict(fleet) if fleet else None
         self._control_plane, self._agent_target = control_plane, agent_target
@@ -392,14 +396,16 @@ class _OptimizerActor:
         return handle.stats.remote(window_s or self._rates_window_s).result(timeout_s=10)
 
     def poll_rates(self) -> dict[str, Any] | None:
-        """One pull of the ingress's measured request rates (`measured_rates_rps`), reported as `rates_rps`
-        telemetry: past the drift threshold the planner re-solves and the fleet and Serve follow. None when
-        no service had enough requests in the window."""
+        """One pull of the ingress's measured request rates (`measured_rates_rps`), held over the downscale delay
+        (`held_rates_rps`) and divided by `target_utilization`, reported as `rates_rps` telemetry: past the
+        drift threshold the planner re-solves for that rate — so the instances run at most at
+        target_utilization of their capacity — and the fleet and Serve follow. None when no service had enough
+        requests in the window."""
         now = time.monotonic()
         measured = measured_rates_rps(self._planner.spec, self.ingress_stats(), self._rates_min_requests)
         self._rate_samples = [(t, r) for t, r in self._rate_samples if t >= now - self._downscale_delay_s]
         self._rate_samples.append((now, measured))
-        rates = held_rates_rps([r for _, r in self._rate_samples])
+        rates = {k: v / self._target_utilization for k, v in held_rates_rps([r for _, r in self._rate_samples]).items()}
         if not measured:
             return None
         return self._update({"rates_rps": rates}, source="rates",
@@ -527,7 +533,8 @@ class _OptimizerActor:
 
         # ingress_resources pins the ingress (e.g. to the head) so that losing a region cannot take it along
         return serve_config(self._plan, self._planner.spec, plan_version=self._version,
-                            ingress_resources=self._ingress_resources or None, per_instance=self._fleet is not None,
+                            ingress_resources=self._ingress_resources or None,
+                            per_instance=self._fleet.serve_replicas(self._plan) if self._fleet is not None else None,
                             **self._serve_options)
 
     def deploy(self) -> dict[str, float]:

@@ -32,6 +32,9 @@ STATE_FILE = "deployment.json"
 CONTROL_PLANE_NAME = "isthmus-control-plane"
 _NAMESPACE = "isthmus"
 _HEAD = {"isthmus:head": 0.01}
+# The fleet follows the ingress's measured rate λ so that instances run at <= 80 % of capacity: it is planned
+# for λ / 0.8, so a rate that drifts up is served by the current instances while new ones start.
+TARGET_UTILIZATION = 0.8
 
 
 class DeployError(RuntimeError):
@@ -299,7 +302,8 @@ def _bring_up(spec: Spec, plan: Plan, models: dict[str, list[dict]], state: dict
                      "tracing": {"jsonl_path": str(state_dir / "serve.spans.jsonl")}}
     optimizer = start_optimizer(spec, plan, name=state["optimizer"], resources=_HEAD if nodes else None,
                                 serve_options=serve_options, ingress_resources=_HEAD if nodes else None,
-                                drift_threshold=0.2, rates_interval_s=2.0, fleet=fleet,
+                                drift_threshold=0.2, rates_interval_s=2.0, target_utilization=TARGET_UTILIZATION,
+                                fleet=fleet,
                                 control_plane=CONTROL_PLANE_NAME, agent_target=endpoints["grpc"])
     ray.get(optimizer.deploy.remote(), timeout=timeout_s)
     _disconnect()

@@ -103,6 +103,19 @@ class InstanceFleet:
                 out[pool] = [(node_id[:12], node_id) for node_id in taken]
         return out
 
+    def serve_replicas(self, plan: Plan) -> dict[tuple[str, str, str], tuple[int, str]]:
+        """`serve_config`'s per_instance: (site, model, version) → (Serve replicas, resource pinning them). With a
+        provider, the planned instances on their pool's nodes; without, the instances that got a node, pinned by
+        `region:<site>` (a replica with no node to go to would keep the app from ever running)."""
+        out: dict[tuple[str, str, str], tuple[int, str]] = {}
+        counts = planned_pools(plan) if self.nodes is not None else {
+            pool: len(nodes) for pool, nodes in self.inventory(plan).items()}
+        for (site, _, model, version), count in counts.items():
+            pin = pool_resource(site, model, version) if self.nodes is not None else site_resource(site, self.spec)
+            before = out.get((site, model, version), (0, pin))[0]
+            out[(site, model, version)] = (before + count, pin)
+        return out
+
     def _models_for(self, plan: Plan, pool: Pool) -> list[dict]:
         site, itype, model, version = pool
         versions = [(model, version)] if self.nodes is not None else sorted(

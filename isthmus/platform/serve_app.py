@@ -41,7 +41,7 @@ from isthmus.spec import Plan, Spec
 
 __all__ = [
     "INGRESS_APP", "RouteEntry", "RoutingTable", "WeightedRouter", "route_groups", "routing_table", "site_app_name",
-    "pool_resource", "instance_counts",
+    "pool_resource",
     "triton_model_name", "site_resource", "serve_config", "apply_serve_config", "rollout", "ingress_app",
     "site_app", "ServiceStats", "add_InferenceServicer_to_server", "device_actor_name", "start_site_device", "DEVICE_NAMESPACE",
     "GRPC_SERVICER",
@@ -162,15 +162,6 @@ def routing_table(plan: Plan, spec: Spec | None = None, plan_version: int = 0) -
                         slo_ms={name: slo[name] for name in services if name in slo})
 
 
-def instance_counts(plan: Plan) -> dict[tuple[str, str, str], int]:
-    """(site, model, version) → Σ_t y_{j,t,m}: the plan's instances of a model version at a site."""
-    out: dict[tuple[str, str, str], int] = {}
-    for inst in plan.instances:
-        model, _, version = inst.model_version.partition("/")
-        out[(inst.site, model, version)] = out.get((inst.site, model, version), 0) + inst.count
-    return out
-
-
 def _model_from_instances(plan: Plan, site: str, version: str) -> str:
     models = sorted({i.model_version.split("/", 1)[0] for i in plan.instances
                      if i.site == site and i.model_version.split("/", 1)[-1] == version})
@@ -227,7 +218,7 @@ def serve_config(plan: Plan, spec: Spec | None = None, *, triton_urls: dict[str,
                  plan_version: int = 0, keep_apps: Iterable[dict] = (), ingress_replicas: int = 1,
                  edge_sites: Iterable[str] = (), ingress_resources: dict[str, float] | None = None,
                  attempt_timeout_s: float = _ATTEMPT_TIMEOUT_S, triton_protocol: str = "grpc",
-                 per_instance: bool = False) -> dict:
+                 per_instance: dict[tuple[str, str, str], tuple[int, str]] | None = None) -> dict:
     """The Serve deploy config (a `ServeDeploySchema` dict) that runs `plan`.
 
     Site apps are pinned by resource `region:<site>` / `edge:<site>` (0.01 of the node's unit, num_cpus 0).
@@ -236,8 +227,9 @@ def serve_config(plan: Plan, spec: Spec | None = None, *, triton_urls: dict[str,
     Without `spec`, sites in `edge_sites` are pinned as `edge:<site>`, all others as `region:<site>`.
     `ingress_resources` pins the ingress (e.g. `{"isthmus:head": 0.01}`, so losing a region cannot take it
     along); `attempt_timeout_s` is the ingress's floor of the per-attempt timeout max(attempt_timeout_s, 4·L_r).
-    `per_instance` (what `isthmus deploy` runs): a (site, model version) app gets `num_replicas` = the plan's
-    instances Σ_t y_{j,t,m}, at most one per node, pinned by `pool_resource` to the nodes of those instances.
+    `per_instance` (what `isthmus deploy` runs) maps (site, model, version) → (replicas, resource): that app gets
+    `num_replicas` = replicas (the instances that run, one per node) pinned by `resource` (`pool_resource` of
+    the instances' nodes, or `region:<site>` on a cluster whose nodes carry no pool resource).
     """
     _check_protocol(triton_protocol)
     if attempt_timeout_s <= 0:
@@ -246,7 +238,6 @@ def serve_config(plan: Plan, spec: Spec | None = None, *, triton_urls: dict[str,
     from isthmus.platform.tracing import TracingConfig
 
     table = routing_table(plan, spec, plan_version)
-    counts = instance_counts(plan)
     urls = dict(triton_urls or {})
     tracing = TracingConfig.model_validate(tracing).model_dump(exclude_none=True) if tracing else None
     site_apps: dict[str, dict] = {}
@@ -257,10 +248,10 @@ def serve_config(plan: Plan, spec: Spec | None = None, *, triton_urls: dict[str,
             resource = site_resource(entry.site, spec, entry.site in set(edge_sites))
             deployment = {"name": "SiteModel", "num_replicas": 1, "max_ongoing_requests": 64,
                           "ray_actor_options": {"num_cpus": 0, "resources": {resource: 0.01}}}
-            if per_instance:
-                deployment.update(num_replicas=max(1, counts.get((entry.site, entry.model, entry.version), 0)),
-                                  max_replicas_per_node=1, ray_actor_options={"num_cpus": 0, "resources": {
-                                      pool_resource(entry.site, entry.model, entry.version): 0.01}})
+            if per_instance is not None:
+                replicas, pin = per_instance.get((entry.site, entry.model, entry.version), (1, resource))
+                deployment.update(num_replicas=max(1, replicas), max_replicas_per_node=1,
+                                  ray_actor_options={"num_cpus": 0, "resources": {pin: 0.01}})
             site_apps[entry.app] = {
                 "name": entry.app, "route_prefix": None,
                 "import_path": "isthmus.platform.serve_app:site_app",

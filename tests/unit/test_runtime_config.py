@@ -18,7 +18,7 @@ from isthmus.optimizer.actor import _merge, _OptimizerActor, telemetry_drift
 from isthmus.platform import serve_app
 from isthmus.platform.cluster import missing_sites, node_sites
 from isthmus.platform.tracing import (OtlpHttpReceiver, load_spans, setup_tracing, shutdown_tracing, summarize)
-from isthmus.spec import Plan, PlanInstance, parse_spec
+from isthmus.spec import Plan, parse_spec
 
 # Two regions (us-east cheaper) and an edge camera; capacity forces fractions 0.4 / 0.4 / 0.2.
 SPEC = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "runtime-local.yaml").read_text())
@@ -82,8 +82,8 @@ def test_routing_table_and_serve_config_pin_sites_by_resource() -> None:
     apps[serve_app.INGRESS_APP]["deployments"][0]["user_config"]["slo_ms"] = {}   # the SLO comes from the spec
     assert no_spec["applications"] == config["applications"][:1] + [
         dict(a, args=dict(a["args"], triton_url=None)) for a in config["applications"][1:]]
-    per_instance = serve_app.serve_config(plan.model_copy(update={"instances": [
-        PlanInstance(site="us-east", instance_type="c", model_version="mlp/fp32", count=3)]}), spec, per_instance=True)
+    pool = serve_app.pool_resource("us-east", "mlp", "fp32")
+    per_instance = serve_app.serve_config(plan, spec, per_instance={("us-east", "mlp", "fp32"): (3, pool)})
     ServeDeploySchema.model_validate(per_instance)
     site = next(a for a in per_instance["applications"] if a["name"] == "isthmus-site-us-east-mlp-fp32")["deployments"][0]
     assert (site["num_replicas"], site["max_replicas_per_node"]) == (3, 1)
