@@ -369,16 +369,36 @@ class _OptimizerActor:
 
     def fleet_status(self) -> list[dict]:
         """Per pool (site, instance type, model version): planned and running instances (running: DeviceActor and
-        Triton up). Without a fleet (DeviceActors started by hand): []."""
+        Triton up) and planned instances with no node to run on (`without_node`: on a cluster Isthmus does not
+        scale, `--address`). Without a fleet (DeviceActors started by hand): []."""
         if self._fleet is None:
             return []
         from isthmus.platform.instances import planned_pools
 
         planned = planned_pools(self._plan)
         running = self._fleet.running(self._plan)
+        nodes = {pool: len(n) for pool, n in self._fleet.inventory(self._plan).items()}
         return [{"site": p[0], "instance_type": p[1], "model_version": f"{p[2]}/{p[3]}",
-                 "planned": planned.get(p, 0), "running": running.get(p, 0)}
+                 "planned": planned.get(p, 0), "running": running.get(p, 0),
+                 "without_node": max(0, planned.get(p, 0) - nodes.get(p, 0))}
                 for p in sorted(set(planned) | set(running))]
+
+    def adopt_nodes(self) -> dict[str, Any] | None:
+        """On a cluster Isthmus does not scale (`--address`): when nodes for planned instances appeared or left,
+        start DeviceActors on the new ones and redeploy Serve with one replica per node. None when nothing
+        changed."""
+        if self._fleet is None or self._fleet.nodes is not None or self._config is None:
+            return None
+        from isthmus.platform.serve_app import rollout
+
+        with self._lock:
+            config = self._build_config()
+            if json.loads(json.dumps(config)) == self._config:
+                return None
+            out = {"fleet": self._fleet.scale_out(self._plan), "rollout": rollout(self._config, config)}
+            self._config = json.loads(json.dumps(config))
+            self._persist()
+            return out
 
     def stop_fleet(self) -> None:
         """Stop watching and stop every instance's DeviceActor and Triton (`isthmus down`)."""
@@ -733,6 +753,7 @@ class _OptimizerActor:
                     self.poll_once()
                 if self._rates_interval_s and self._config is not None and time.monotonic() >= next_rates:
                     next_rates = time.monotonic() + self._rates_interval_s
+                    self.adopt_nodes()
                     self.poll_agents()
                     self.poll_rates()
                 self._watch_error = ""

@@ -125,6 +125,12 @@ def _print_status(result: dict[str, Any]) -> None:
         fleet.add_row(pool["site"], pool["instance_type"], pool["model_version"], str(pool["planned"]),
                       str(pool["running"]), style=style)
     console.print(fleet)
+    for pool in result["fleet"]:
+        if pool.get("without_node"):
+            console.print(f"[yellow]{pool['without_node']} planned instance(s) of {escape(pool['model_version'])} at "
+                          f"{escape(pool['site'])} ({escape(pool['instance_type'])}) without a node. To fix: add nodes "
+                          f"with resources region:{escape(pool['site'])} and instance:{escape(pool['instance_type'])} "
+                          "(the Terraform unit's count): Isthmus puts instances on them within seconds[/yellow]")
     services = Table(title="services (measured at the ingress)")
     for column in ("service", "rate rps", "p50 ms", "p99 ms", "SLO ms", "within SLO"):
         services.add_column(column, overflow="fold", justify="left" if column == "service" else "right")
