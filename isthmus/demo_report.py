@@ -309,6 +309,8 @@ def print_summary(console: Any, summary: dict) -> None:
     """One table per service, one of the phases, and the re-plans."""
     from rich.table import Table
 
+    from isthmus.tables import print_table
+
     for service in summary["services"]:
         table = Table(title=f"service {service['name']}")
         for column in ("SLO ms", "predicted ms", "p50 ms", "p99 ms", "p50/pred", "accuracy", "cost $/h", "re-plans"):
@@ -317,14 +319,14 @@ def print_summary(console: Any, summary: dict) -> None:
                       f"{service['latency_ms_p50']:.1f}", f"{service['latency_ms_p99']:.1f}",
                       f"{service['latency_ms_p50'] / service['predicted_latency_ms']:.2f}",
                       f"{service['accuracy']:.3f}", f"{service['cost_per_hour']:.3f}", str(service["replans"]))
-        console.print(table)
+        print_table(table, console)
     phases = Table(title="phases")
     for column in ("phase", "requests", "ok", "splits", "predicted ms", "p50 ms", "p99 ms"):
         phases.add_column(column)
     for name, p in summary["phases"].items():
         phases.add_row(name, str(p["requests"]), str(p["ok"]), json.dumps(p["splits"]),
                        f"{p['predicted_latency_ms']:.1f}", f"{p['latency_ms_p50']:.1f}", f"{p['latency_ms_p99']:.1f}")
-    console.print(phases)
+    print_table(phases, console)
     r = summary["requests"]
     console.print(f"requests {r['sent']} sent, {r['ok']} ok, {r['failed']} failed; re-plans {summary['replans']} "
                   f"(mean split {summary['mean_split_before']:g} → {summary['mean_split_after']:g}); cost "

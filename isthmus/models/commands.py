@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import typer
 
@@ -32,10 +32,10 @@ def cli_errors() -> Iterator[None]:
 @models_app.command("list")
 def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
     """The zoo: graph type, layers, parameters and input of each model (full and small size)."""
-    from rich.console import Console
     from rich.table import Table
 
     from isthmus.models.versions import version_names
+    from isthmus.tables import print_table
     from isthmus.models.zoo import CHAIN_NAMES, ZOO_NAMES, build, example_input
 
     rows = []
@@ -59,7 +59,27 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON i
         table.add_row(r["name"], r["graph"], str(r["layers"] or "-"), f"{r['params_full'] / 1e6:.1f} M",
                       "x".join(map(str, r["input_full"][1:])), f"{r['params_small'] / 1e3:.0f} k",
                       ", ".join(r["versions"]))
-    Console().print(table)
+    print_table(table)
+
+
+@contextlib.contextmanager
+def _progress(what: str, total: int) -> Iterator[Callable[[str], None]]:
+    """A progress bar of `total` steps on stderr; the block gets `step(line)`, which prints `line` (each step
+    stays readable in a log) and advances the bar."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+        task, done = bar.add_task(what, total=total), 0
+
+        def step(line: str) -> None:
+            nonlocal done
+            done += 1
+            bar.console.print(f"{line} ({done}/{total})", highlight=False)
+            bar.advance(task)
+
+        yield step
 
 
 @models_app.command("versions")
@@ -68,16 +88,18 @@ def versions(model: str = typer.Argument(..., help="Zoo model name (see `isthmus
              repeats: int = typer.Option(10, min=1, help="Timed full-size forwards per version (median)."),
              refresh: bool = typer.Option(False, help="Re-measure instead of using the cache.")) -> None:
     """Accuracy (digits) and CPU latency (full size) of every version; trains and caches on first use."""
-    from rich.console import Console
     from rich.table import Table
 
+    from isthmus.models.runtime import quiet_torch
     from isthmus.models.versions import MAX_DROP, version_names, version_table
+    from isthmus.tables import print_table
 
     with cli_errors():
-        version_names(model)
-    console = Console(stderr=as_json)
-    with console.status(f"training / compressing / timing {model} versions (cached after the first run)"):
-        rows = version_table(model, repeats=repeats, refresh=refresh)
+        names = version_names(model)
+    with _progress(f"{model} versions (training, compressing, timing; cached after the first run)",
+                   len(names)) as measured, quiet_torch():
+        rows = version_table(model, repeats=repeats, refresh=refresh, progress=lambda row: measured(
+            f"{model} {row['name']}: accuracy {row['accuracy']:.3f}, {row['latency_ms']['cpu']:.1f} ms"))
     if as_json:
         print(json.dumps([{"name": r["name"], "accuracy": r["accuracy"], "latency_ms": r["latency_ms"]}
                           for r in rows], indent=1))
@@ -91,7 +113,7 @@ def versions(model: str = typer.Argument(..., help="Zoo model name (see `isthmus
         table.add_row(r["name"], f"{r['accuracy']:.3f}", f"{r['accuracy_drop']:+.3f}",
                       f"{bound:.2f}" if bound is not None else "-", f"{r['latency_ms']['cpu']:.1f}",
                       f"{r['speedup']:.2f}x", f"{r['small_bytes'] / 1024:.0f} KiB")
-    console.print(table)
+    print_table(table)
 
 
 @models_app.command("export")
@@ -108,4 +130,7 @@ def export(model: str = typer.Argument(..., help="Zoo model name."),
             raise ValueError(f"unknown version {version!r} of {model!r}. To fix: use one of {version_names(model)}")
         if size not in ("full", "small"):
             raise ValueError(f"size {size!r} is not 'full' or 'small'. To fix: pass --size small or --size full")
-    print(export_version(model, version, size, out))
+    from isthmus.models.runtime import quiet_torch
+
+    with quiet_torch():
+        print(export_version(model, version, size, out))

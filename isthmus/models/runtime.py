@@ -6,10 +6,18 @@ import contextlib
 import os
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["cache_dir", "default_threads", "torch_threads", "median_ms"]
+__all__ = ["cache_dir", "default_threads", "torch_threads", "median_ms", "quiet_torch"]
+
+# What torch says about the int8 path (torch.ao eager quantisation) on every run: deprecations we know of.
+_KNOWN_TORCH_WARNINGS = (
+    r"Please use quant_min and quant_max to specify the range for observers",
+    r"torch\.quantize_per_tensor, torch\.quantize_per_channel and other quantized tensor creation functions",
+    r"torch\.ao\.quantization is deprecated",
+)
 
 
 def cache_dir(*parts: str) -> Path:
@@ -55,3 +63,13 @@ def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
         fn()
         times.append((time.perf_counter() - t0) * 1000.0)
     return statistics.median(times)
+
+
+@contextlib.contextmanager
+def quiet_torch() -> Iterator[None]:
+    """Run the block without torch's known deprecation warnings about the int8 API (`_KNOWN_TORCH_WARNINGS`);
+    every other warning still shows."""
+    with warnings.catch_warnings():
+        for message in _KNOWN_TORCH_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        yield

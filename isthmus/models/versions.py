@@ -17,6 +17,7 @@ low-rank structure to measure).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["MAX_DROP", "LOWRANK_ENERGY", "STUDENT_WIDTH", "version_names", "small_version", "build_version",
@@ -140,10 +141,11 @@ def _params_and_bytes(model: Any) -> tuple[int, int]:
     return sum(p.numel() for p in model.parameters()), nbytes
 
 
-def version_table(name: str, repeats: int = 10, refresh: bool = False, latency_size: str = "full"
-                  ) -> list[dict[str, Any]]:
+def version_table(name: str, repeats: int = 10, refresh: bool = False, latency_size: str = "full",
+                  progress: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Per version: accuracy (digits), accuracy drop vs fp32, CPU latency at `latency_size` (median
-    of `repeats`), its ratio to fp32, and the small model's parameter bytes. Cached per thread count."""
+    of `repeats`), its ratio to fp32, and the small model's parameter bytes. Cached per thread count.
+    `progress(row)` is called as each version is measured (not for a cached table)."""
     import torch
 
     from isthmus.models.runtime import cache_dir, default_threads, median_ms, torch_threads
@@ -163,6 +165,8 @@ def version_table(name: str, repeats: int = 10, refresh: bool = False, latency_s
             latency = median_ms(lambda: model(x), repeats, warmup=1)
         rows.append({"name": version, "accuracy": round(acc, 4), "latency_ms": {"cpu": round(latency, 3)},
                      "small_bytes": _params_and_bytes(small)[1], "threads": threads})
+        if progress is not None:
+            progress(rows[-1])
     base = rows[0]
     for row in rows:
         row["accuracy_drop"] = round(base["accuracy"] - row["accuracy"], 4)

@@ -14,7 +14,8 @@ def register(app: typer.Typer) -> None:
     app.command("plan")(plan)
 
 
-def _exit(err: SpecError) -> None:
+def _exit(err: SpecError | str) -> None:
+    """Print the error (it says how to fix it) on stderr, without hard wraps, and exit with code 2."""
     from rich.console import Console
     from rich.markup import escape
 
@@ -67,15 +68,17 @@ def plan(spec: str = typer.Argument(..., help="Path to a spec YAML file."),
 
     from isthmus.optimizer.planner import GeoPlanner
 
+    if method not in ("auto", "milp", "lp-round"):
+        _exit(f"--method {method!r} is not one of auto, milp, lp-round. To fix: pass --method auto")
+    if not time_limit_s > 0:
+        _exit(f"--time-limit-s is {time_limit_s:g}, must be > 0. To fix: give the solver's time limit in seconds, "
+              "e.g. --time-limit-s 60")
     loaded = _load(spec)
     if splits and _needs_splits(loaded):
         from isthmus.partition import fill_splits
 
         Console(stderr=True).print("measuring edge/cloud split points of zoo models (cached after the first run)")
         loaded = fill_splits(loaded)
-    if method not in ("auto", "milp", "lp-round"):
-        Console(stderr=True).print(f"[red]--method {method!r} is not one of auto, milp, lp-round[/red]")
-        raise typer.Exit(2)
     planner = GeoPlanner(loaded, method=method, time_limit_s=time_limit_s, latency_headroom=0.0)
     try:
         result = planner.solve()
@@ -107,27 +110,32 @@ def _print_plan(result) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from isthmus.tables import print_table
+
     console = Console()
     routes = Table(title=f"Plan for {result.spec}: routes")
-    for col in ("service", "fraction", "data", "model", "site", "instance type", "split/exit", "latency ms", "accuracy"):
+    splits = any(r.split is not None for r in result.routes)   # only edge sources split: no column otherwise
+    for col in ("service", "fraction", "data", "model", "site / type", *["split/exit"] * splits, "latency ms",
+                "accuracy"):
         routes.add_column(col)
     for r in result.routes:
-        split = "-" if r.split is None else f"{r.split}/{r.exit if r.exit is not None else 'final'}"
-        routes.add_row(r.service, f"{r.fraction:.3f}", r.data_version, r.model_version, r.site, r.instance_type or "-",
-                       split, f"{r.latency_ms:.1f}", f"{r.accuracy:.3f}")
-    console.print(routes)
+        split = [] if not splits else ["-" if r.split is None else f"{r.split}/{r.exit if r.exit is not None else 'final'}"]
+        routes.add_row(r.service, f"{r.fraction:.3f}", r.data_version, r.model_version,
+                       f"{r.site} {r.instance_type}" if r.instance_type else r.site, *split, f"{r.latency_ms:.1f}",
+                       f"{r.accuracy:.3f}")
+    print_table(routes, console)
     inst = Table(title="Instances")
     for col in ("site", "instance type", "model version", "count"):
         inst.add_column(col)
     for i in result.instances:
         inst.add_row(i.site, i.instance_type, i.model_version, str(i.count))
-    console.print(inst)
+    print_table(inst, console)
     svc = Table(title="Services")
     for col in ("service", "max latency ms", "accuracy"):
         svc.add_column(col)
     for s in result.services:
         svc.add_row(s.name, f"{s.latency_ms_max:.1f}", f"{s.accuracy:.4f}")
-    console.print(svc)
+    print_table(svc, console)
     gap = (result.cost_per_hour / result.lower_bound_per_hour - 1) * 100 if result.lower_bound_per_hour > 0 else 0.0
     console.print(f"cost ${result.cost_per_hour:.3f}/h (compute ${result.compute_cost_per_hour:.3f}, egress "
                   f"${result.egress_cost_per_hour:.3f}); lower bound ${result.lower_bound_per_hour:.3f}/h "
@@ -136,8 +144,9 @@ def _print_plan(result) -> None:
 
 
 def _print_compare(cost: float, baselines: dict[str, float]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from isthmus.tables import print_table
 
     table = Table(title="Baselines against the plan")
     for col in ("policy", "$/h", "baseline / isthmus"):
@@ -146,4 +155,4 @@ def _print_compare(cost: float, baselines: dict[str, float]) -> None:
     for name, value in baselines.items():
         ratio = "infeasible" if value == float("inf") else f"{value / cost:.2f}" if cost > 0 else "-"
         table.add_row(name, "infeasible" if value == float("inf") else f"{value:.3f}", ratio)
-    Console().print(table)
+    print_table(table)

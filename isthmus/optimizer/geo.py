@@ -43,8 +43,9 @@ _banner_shown = False
 
 
 def _silence_highs_banner() -> None:
-    """HiGHS prints a banner to stdout once per process, at its first construction: send it to stderr
-    so `isthmus plan --json` stays pure JSON."""
+    """HiGHS prints a copyright banner to stdout once per process, at its first construction, whatever its
+    options say (cvxpy's `log_to_console=False` comes later): construct that first one with stdout on
+    /dev/null, so `isthmus plan` prints the plan only."""
     global _banner_shown
     if _banner_shown:
         return
@@ -54,13 +55,14 @@ def _silence_highs_banner() -> None:
     import highspy
 
     sys.stdout.flush()
-    saved = os.dup(1)
+    saved, devnull = os.dup(1), os.open(os.devnull, os.O_WRONLY)
     try:
-        os.dup2(2, 1)
+        os.dup2(devnull, 1)
         highspy.Highs()
     finally:
         os.dup2(saved, 1)
         os.close(saved)
+        os.close(devnull)
         _banner_shown = True
 
 

@@ -173,18 +173,21 @@ def _print_report(report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from isthmus.tables import print_table
+
     table = Table(title=f"{report['model']}/{report['version']}: {report['device']} -> {report['site_device']} "
                         f"at {report['bandwidth_mbps']:g} Mbps, rtt {report['rtt_ms']:g} ms")
-    for col in ("strategy", "exit", "split", "placement", "sent bytes", "latency ms", "accuracy", "meets SLO"):
+    for col in ("strategy", "exit", "split", "placement", "sent bytes", "latency ms", "accuracy", "SLO met"):
         table.add_column(col, justify="right" if col not in ("strategy", "placement") else "left")
     for name, row in report["strategies"].items():
         acc = row.get("accuracy")
         met = row.get("met_slo")
-        table.add_row(name, str(row.get("exit", "-")), str(row.get("split", "-")), row["placement"],
+        exit_ = "-" if row.get("exit") is None else str(row["exit"])
+        table.add_row(name, exit_, str(row.get("split", "-")), row["placement"].removesuffix("-only"),
                       f"{row['activation_bytes']:,}", f"{row['latency_ms']:.2f}",
                       "-" if acc is None else f"{acc:.3f}", "-" if met is None else ("yes" if met else "NO"))
     console = Console()
-    console.print(table)
+    print_table(table, console)
     console.print(f"chosen ({report['chosen']}): latency {report['latency_ms']:.2f} ms; "
                   f"decision {report['decision_ms']:.4f} ms", highlight=False)
     if report.get("device_nodes") is not None:

@@ -69,6 +69,8 @@ def place(
     from rich.console import Console
     from rich.table import Table
 
+    from isthmus.tables import print_table
+
     single = report.policies["single"]
     table = Table(title=f"{model} on {devices}, batch {graph.batch} ({graph.n} ops, lower bound "
                         f"{report.lower_bound_ms:.3f} ms; T1/T∞ {report.parallelism:.2f}, heavy-op width "
@@ -77,7 +79,7 @@ def place(
         table.add_column(col, justify="left" if col == "policy" else "right")
     for name, span in report.policies.items():
         table.add_row(name, f"{span:.4f}", f"{single / span:.2f}x", f"{report.search_s[name]:.4f}")
-    Console().print(table)
+    print_table(table)
     used = sorted(set(report.placement.values()))
     Console().print(f"learned placement uses {len(used)} device(s): {', '.join(used)}")
 
@@ -131,6 +133,8 @@ def configure(
     from rich.console import Console
     from rich.table import Table
 
+    from isthmus.tables import print_table
+
     table = Table(title=f"{method} over {len(space)} configurations of {model} (QoS {space.qos_ms:.2f} ms, "
                         f"{space.rate_rps:.0f} rps, {requests} requests)")
     for col in ("#", "region", "instance type", "count", "latency ms", "cost $", "feasible", "policy"):
@@ -138,7 +142,7 @@ def configure(
     for i, p in enumerate(result.history, 1):
         table.add_row(str(i), p.region, p.instance_type, str(p.count), f"{p.latency_ms:.3f}", f"{p.cost:.5f}",
                       "yes" if p.feasible else "no", p.policy)
-    Console().print(table)
+    print_table(table)
     if result.best is None:
         Console().print("[yellow]no probed configuration meets the QoS and capacity[/yellow]")
     else:

@@ -200,18 +200,24 @@ def load_token_hashes(path: str | Path) -> dict[str, str]:
     return data
 
 
-def add_agent(directory: str | Path, agent_id: str, *, days: int = 365) -> Path:
-    """Issue a client certificate and a new bearer token for `agent_id`; returns its directory."""
+def add_agent(directory: str | Path, agent_id: str, *, days: int = 365, force: bool = False) -> Path:
+    """Issue a client certificate and a new bearer token for `agent_id`; returns its directory.
+
+    An agent that already has them keeps them unless `force` (rotating locks the deployed agent out
+    until it gets the new files)."""
     _check_agent_id(agent_id)
     d = Path(directory)
     ca_key, ca_cert = load_ca(d)
-    key, cert = issue_cert(ca_key, ca_cert, agent_id, days=days)
+    tokens_path = d / "tokens.json"
+    hashes = load_token_hashes(tokens_path) if tokens_path.exists() else {}
     agent_dir = d / "agents" / agent_id
+    if not force and (agent_id in hashes or (agent_dir / "agent.pem").exists()):
+        raise CertError(f"agent {agent_id!r} already has a certificate and token in {agent_dir}. To fix: pass "
+                        "--force to rotate its certificate and token (the deployed agent then needs the new files)")
+    key, cert = issue_cert(ca_key, ca_cert, agent_id, days=days)
     write_pair(key, cert, agent_dir / "agent.pem", agent_dir / "agent.key")
     token = secrets.token_urlsafe(32)
     _write(agent_dir / "token", token.encode(), private=True)
-    tokens_path = d / "tokens.json"
-    hashes = load_token_hashes(tokens_path) if tokens_path.exists() else {}
     hashes[agent_id] = hash_token(token)
     _write(tokens_path, json.dumps(hashes, indent=2, sort_keys=True).encode(), private=True)
     return agent_dir
@@ -234,6 +240,6 @@ def init_certs(directory: str | Path, *, agents: Sequence[str] = ("agent-1",),
     key, cert = issue_cert(ca_key, ca_cert, "isthmus-control-plane", hosts=hosts, server=True, days=days)
     write_pair(key, cert, d / "server.pem", d / "server.key")
     _write(d / "tokens.json", b"{}", private=True)
-    agent_dirs = {a: add_agent(d, a, days=days) for a in agents}
+    agent_dirs = {a: add_agent(d, a, days=days, force=True) for a in agents}   # a new CA: every agent's files are new
     return CertPaths(directory=d, ca_cert=d / "ca.pem", ca_key=d / "ca.key", server_cert=d / "server.pem",
                      server_key=d / "server.key", tokens=d / "tokens.json", agents=agent_dirs)

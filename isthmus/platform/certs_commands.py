@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
 def _fail(message: str) -> None:
     from rich.console import Console
 
-    Console(stderr=True).print(f"[red]{message}[/red]", highlight=False)
+    Console(stderr=True, soft_wrap=True).print(f"[red]{message}[/red]", highlight=False)   # no hard wraps: copyable
     raise typer.Exit(2)
 
 
@@ -51,14 +51,17 @@ def init(directory: str = typer.Argument(..., help="Directory to write the CA, c
 @_certs.command("add-agent")
 def add_agent_cmd(directory: str = typer.Argument(..., help="Directory written by `isthmus certs init`."),
                   agent_id: str = typer.Argument(..., help="New agent id (the certificate CN)."),
-                  days: int = typer.Option(365, help="Validity in days.")) -> None:
+                  days: int = typer.Option(365, help="Validity in days."),
+                  force: bool = typer.Option(False, "--force", help="Rotate the certificate and token of an agent "
+                                             "that already has them (the deployed agent then needs the new files).")
+                  ) -> None:
     """Issue a client certificate and a bearer token for one more agent."""
     from rich.console import Console
 
     from isthmus.platform.certs import CertError, add_agent
 
     try:
-        path = add_agent(directory, agent_id, days=days)
+        path = add_agent(directory, agent_id, days=days, force=force)
     except (CertError, OSError) as err:
         _fail(str(err))
         return

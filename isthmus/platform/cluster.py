@@ -18,7 +18,8 @@ from typing import Any, Iterable
 
 from isthmus.spec import Spec
 
-__all__ = ["ClusterError", "site_resources", "missing_sites", "start_local_cluster", "connect", "node_sites",
+__all__ = ["ClusterError", "site_resources", "missing_sites", "start_local_cluster", "connect", "check_gcs_answers",
+           "node_sites",
            "serve_env"]
 
 _OBJECT_STORE_BYTES = 80 * 1024 * 1024
@@ -230,18 +231,47 @@ def _missing_message(spec: Spec, missing: list[str]) -> str:
             f"To fix: start a node per site with its resource ({hints}), e.g. with the Terraform modules")
 
 
+_START_IT = ("To fix: start the cluster (isthmus up SPEC --local, or the Terraform modules) and pass its address "
+             "(HEAD:6379, ray://HEAD:10001 or auto)")
+GCS_PROBE_TIMEOUT_S = 5.0
+
+
+def check_gcs_answers(address: str, timeout_s: float = GCS_PROBE_TIMEOUT_S) -> None:
+    """Raise ClusterError unless a GCS address (host:port) accepts a TCP connection within `timeout_s`:
+    `ray.init` retries one that does not for many minutes. `ray://` addresses and `auto` are Ray's to resolve."""
+    if address == "auto" or "://" in address:
+        return
+    import socket
+
+    import ray.util
+
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if host in ("localhost", "127.0.0.1", "::1"):   # what ray.init dials for a local address
+        host = ray.util.get_node_ip_address()
+    if not host or not port.isdigit():
+        raise ClusterError(f"address {address!r} is not host:port. {_START_IT}")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as err:
+        raise ClusterError(f"no Ray cluster answers at {address!r} ({err.strerror or err} within "
+                           f"{timeout_s:g} s). {_START_IT}") from None
+
+
 def connect(spec: Spec, address: str, namespace: str = "isthmus") -> dict[str, list[str]]:
     """Join an existing cluster (`ray://host:port`, `auto` or a GCS address) and check every site has a node.
 
-    Returns resource → node ids. Raises ClusterError naming the missing sites (and disconnects).
+    Returns resource → node ids. Raises ClusterError naming the missing sites (and disconnects), or at once
+    when a GCS address does not answer (`check_gcs_answers`).
     """
     import ray
 
+    check_gcs_answers(address)
     try:
         ray.init(address=address, namespace=namespace, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as err:
-        raise ClusterError(f"cannot connect to Ray at {address!r}: {str(err).splitlines()[0]}. To fix: start the "
-                           "cluster (isthmus up SPEC --local, or the Terraform modules) and pass its address") from None
+        raise ClusterError(f"cannot connect to Ray at {address!r}: {str(err).splitlines()[0]}. {_START_IT}") from None
     nodes = ray.nodes()
     missing = missing_sites(spec, nodes)
     if missing:

@@ -67,8 +67,9 @@ def up(spec: str = typer.Argument(..., help="Spec YAML: one Ray node per region 
 
 
 def _print_sites(address: str, sites: dict[str, list[str]], as_json: bool) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from isthmus.tables import print_table
 
     if as_json:
         typer.echo(json.dumps({"address": address, "sites": sites}))
@@ -78,7 +79,7 @@ def _print_sites(address: str, sites: dict[str, list[str]], as_json: bool) -> No
     table.add_column("node ids")
     for resource, nodes in sorted(sites.items()):
         table.add_row(resource, ", ".join(n[:12] for n in nodes))
-    Console().print(table)
+    print_table(table)
 
 
 def _wait(exit_after_s: float) -> None:
@@ -106,8 +107,8 @@ def serve_config_command(
         plan: str = typer.Argument(..., help="Plan JSON (isthmus plan SPEC --json > plan.json)."),
         spec: str = typer.Option(None, "--spec", help="The plan's spec: tells regions from edge sites."),
         edge: list[str] = typer.Option([], "--edge", help="Without --spec: a site that is an edge site."),
-        http_port: int = typer.Option(8000, "--http-port"),
-        grpc_port: int = typer.Option(9000, "--grpc-port"),
+        http_port: int = typer.Option(8000, "--http-port", help="Port of Serve's HTTP ingress (on 127.0.0.1)."),
+        grpc_port: int = typer.Option(9000, "--grpc-port", help="Port of Serve's gRPC ingress (isthmus.v1.Inference)."),
         triton_url: list[str] = typer.Option([], "--triton-url", help="SITE=HOST:PORT (default: the site's "
                                              "DeviceActor)."),
         triton_protocol: str = typer.Option("grpc", "--triton-protocol", help="grpc, or http (Triton's HTTP "
@@ -147,6 +148,7 @@ def trace_summary(file: str = typer.Argument(..., help="JSONL span file (the run
     from rich.table import Table
 
     from isthmus.platform.tracing import load_spans, summarize
+    from isthmus.tables import print_table
 
     if not Path(file).is_file():
         _fail(f"{file}: no such file. To fix: pass the JSONL span file (TracingConfig.jsonl_path)")
@@ -164,7 +166,7 @@ def trace_summary(file: str = typer.Argument(..., help="JSONL span file (the run
     for h in summary["hops"]:
         hops.add_row(h["hop"], h["service"], str(h["n"]), f"{h['depth']:.1f}", f"{h['p50_ms']:.2f}",
                      f"{h['p99_ms']:.2f}", f"{h['mean_ms']:.2f}")
-    console.print(hops)
+    print_table(hops, console)
     if summary["routes"]:
         routes = Table(title="predicted (plan) vs measured at the ingress (ms)")
         for column in ("site", "model version", "n", "predicted", "measured p50", "measured p99", "p50/predicted"):
@@ -173,4 +175,4 @@ def trace_summary(file: str = typer.Argument(..., help="JSONL span file (the run
             routes.add_row(r["site"], r["model_version"], str(r["n"]), f"{r['predicted_ms']:.2f}",
                            f"{r['measured_p50_ms']:.2f}", f"{r['measured_p99_ms']:.2f}",
                            f"{r['measured_over_predicted']:.2f}")
-        console.print(routes)
+        print_table(routes, console)

@@ -37,6 +37,7 @@ def profile(model: str = typer.Argument(..., help="Zoo model name (see `isthmus 
 
     from isthmus.models.commands import cli_errors
     from isthmus.models.zoo import ZOO_NAMES
+    from isthmus.tables import print_table
 
     with cli_errors():
         if model not in ZOO_NAMES:
@@ -44,9 +45,11 @@ def profile(model: str = typer.Argument(..., help="Zoo model name (see `isthmus 
         if size not in ("full", "small"):
             raise ValueError(f"--size {size!r} is not 'full' or 'small'. To fix: pass --size full or --size small")
         target = None if device == "local-cpu" else _device(device, spec)
+        from isthmus.models.runtime import quiet_torch
         from isthmus.profiler import profile_model, speed_factor
 
-        prof = profile_model(model, version, size, repeats=repeats, progress=not as_json, refresh=refresh)
+        with quiet_torch():
+            prof = profile_model(model, version, size, repeats=repeats, progress=not as_json, refresh=refresh)
     factor = 1.0
     if target is not None:
         factor = speed_factor(target)
@@ -61,7 +64,7 @@ def profile(model: str = typer.Argument(..., help="Zoo model name (see `isthmus 
     for layer in prof.layers:
         table.add_row(layer.name, layer.kind, f"{layer.latency_ms:.3f}", f"{layer.out_bytes / 1024:.1f}",
                       f"{layer.flops / 1e6:.2f}")
-    Console().print(table)
+    print_table(table)
     for e in prof.exits:
         acc = "-" if e.accuracy is None else f"{e.accuracy:.3f}"
         branch_ms = sum(x.latency_ms for x in e.layers)

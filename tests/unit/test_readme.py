@@ -39,10 +39,11 @@ def _code(text: str) -> list[str]:
 
 @lru_cache(maxsize=None)
 def _commands(*group: str) -> frozenset[str]:
-    """Command names listed by `isthmus [group] --help` (Typer's rich box or click's plain list)."""
+    """Command names listed by `isthmus [group] --help`: the panels after Options ("Commands", or the workflow
+    panels of the root)."""
     result = CliRunner().invoke(app, [*group, "--help"], terminal_width=200)
     assert result.exit_code == 0, result.output
-    _, _, listing = result.output.partition("Commands")
+    listing = result.output.partition("─ Options ─")[2].partition("╰")[2]
     return frozenset(re.findall(r"^(?:│ | {2})([a-z][a-z0-9-]*)\s", listing, re.M))
 
 
