@@ -447,12 +447,40 @@ class Plan(_Strict):
     services: list[PlanService]
 
 
+_SPEC_KEYS = {"regions", "edge_sites", "devices", "links", "sources", "models", "services"}
+
+
 def load_plan(path: str | Path) -> Plan:
-    """Read a Plan JSON file (as written by `isthmus plan SPEC --json`)."""
+    """Read a Plan JSON file (as written by `isthmus plan SPEC --json`). A spec given instead (YAML, or a
+    mapping with a spec's sections and no routes) is named as such, with the command that makes its plan."""
+    import json
+
     path = Path(path)
     try:
-        return Plan.model_validate_json(path.read_bytes())
+        raw = path.read_bytes()
     except OSError as err:
         raise SpecError([("(file)", f"cannot read: {err.strerror}. To fix: check the path")], str(path)) from None
+    try:
+        data = json.loads(raw)
+        error = None
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError
+        data, error = _yaml_or_none(raw), err
+    if isinstance(data, dict) and "routes" not in data and _SPEC_KEYS & data.keys():
+        raise SpecError([("(file)", "this looks like a spec, not a plan. To fix: isthmus plan "
+                          f"{path} --json > plan.json, then pass plan.json (isthmus serve-config plan.json --spec "
+                          f"{path})")], str(path))
+    if error is not None:
+        where = f"line {error.lineno}: {error.msg}" if isinstance(error, json.JSONDecodeError) else type(error).__name__
+        raise SpecError([("(file)", f"not JSON ({where}). To fix: pass the plan JSON that `isthmus plan SPEC --json "
+                          "> plan.json` writes")], str(path))
+    try:
+        return Plan.model_validate(data)
     except ValidationError as err:
         raise SpecError(_pydantic_problems(err), str(path)) from None
+
+
+def _yaml_or_none(raw: bytes) -> Any:
+    try:
+        return yaml.safe_load(raw)
+    except Exception:  # noqa: BLE001 - not YAML either (or a YAML bomb of tags): only used to recognise a spec
+        return None

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from isthmus.spec import Artifact, Spec
 
-__all__ = ["BATCHES", "ArtifactTiming", "check_artifacts", "load_artifact", "measure_artifact",
+__all__ = ["BATCHES", "ArtifactTiming", "check_artifacts", "forward_problem", "load_artifact", "measure_artifact",
            "fill_artifact_latencies"]
 
 BATCHES = (1, 2, 4, 8, 16)
@@ -47,8 +47,8 @@ def load_artifact(artifact: Artifact) -> Any:
     import torch
 
     if not os.path.isfile(artifact.path):
-        raise ValueError(f"file {artifact.path} does not exist. To fix: check the path (relative to the spec "
-                         "file's folder, or absolute)")
+        raise ValueError(f"file {artifact.path} does not exist. To fix: check the path (in a spec: relative to the "
+                         "spec file's folder, or absolute)")
     try:
         return torch.jit.load(artifact.path, map_location="cpu").eval()
     except Exception as err:  # a text file, a torch.save state dict or pickled module, a truncated file
@@ -62,9 +62,13 @@ def _zeros(artifact: Artifact, batch: int) -> Any:
     return torch.zeros((batch, *artifact.input_shape), dtype=getattr(torch, artifact.dtype))
 
 
-def _forward_problem(module: Any, artifact: Artifact, where: str) -> str | None:
-    """Why the module (the file at YAML path `where`) rejects a zeros batch of 2 samples of the declared shape
-    and dtype; None when it runs."""
+_SPEC_SHAPE_FIX = ("To fix: set input_shape to the shape of one sample without the batch dimension (and dtype to "
+                   "the model's input dtype), or point path at the model they describe")
+
+
+def forward_problem(module: Any, artifact: Artifact, model: str, fix: str = _SPEC_SHAPE_FIX) -> str | None:
+    """Why `module` (named `model` in the message) rejects a zeros batch of 2 samples of the artifact's shape
+    and dtype, in one line ending with `fix`; None when it runs."""
     import torch
 
     x = _zeros(artifact, 2)
@@ -72,10 +76,8 @@ def _forward_problem(module: Any, artifact: Artifact, where: str) -> str | None:
         with torch.inference_mode():
             module(x)
     except Exception as err:
-        return (f"the model at {where} ({artifact.path}) rejects a zeros batch of shape {list(x.shape)} "
-                f"({artifact.dtype}): {_error_line(err)}. To fix: set input_shape to the shape of one sample "
-                "without the batch dimension (and dtype to the model's input dtype), or point path at the model "
-                "they describe")
+        return (f"{model} rejects a zeros batch of shape {list(x.shape)} ({artifact.dtype}): {_error_line(err)}. "
+                f"{fix}")
     return None
 
 
@@ -90,7 +92,8 @@ def check_artifacts(spec: Spec) -> list[tuple[str, str]]:
         except ValueError as err:
             problems.append((f"{path}.artifact.path", str(err)))
             continue
-        problem = _forward_problem(module, version.artifact, f"{path}.artifact.path")
+        problem = forward_problem(module, version.artifact, f"the model at {path}.artifact.path "
+                                  f"({version.artifact.path})")
         if problem:
             problems.append((f"{path}.artifact.input_shape", problem))
     return problems

@@ -22,7 +22,9 @@ They are added up to OPEN_CUTS_MAX_ROUTES routes: at scale they cost the LP more
 compiled problem (DPP) instead of rebuilding it; ub_r = 0 switches off a route whose measured
 latency left the SLO. `lp-round` solves the relaxation (its value is `lower_bound_per_hour`), then
 a MILP restricted to the LP's support plus the k best routes per service by reduced cost; rounding
-every y_q up is the fallback (repair) when that restricted MILP finds nothing in time.
+every y_q up is the fallback (repair) when that restricted MILP finds nothing in time. When the
+restriction keeps every route (a small problem), that MILP is the problem itself and its dual bound,
+tighter than the LP's (which pays for fractions of instances), is `lower_bound_per_hour`.
 """
 
 from __future__ import annotations
@@ -347,7 +349,10 @@ def restricted_milp(table: RouteTable, lp: Solution, upper: np.ndarray, time_lim
     f[keep] = solution.f
     y = np.zeros(len(table.pv_pool))
     y[kept_pv] = solution.y
-    return Solution(f, y, solution.status, solution.seconds, lp.bound)
+    # kept every route that may carry flow: the restricted MILP is the problem itself, so its dual bound is one
+    whole = len(keep) == int((upper > 0).sum()) and solution.bound is not None
+    bound = max(lp.bound or 0.0, solution.bound) if whole else lp.bound
+    return Solution(f, y, solution.status, solution.seconds, bound)
 
 
 def round_up(table: RouteTable, lp: Solution) -> Solution | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Literal
 
 import numpy as np
@@ -169,11 +170,12 @@ class GeoPlanner:
             sub = restricted_milp(self.table, lp, upper, remaining, k=k, guide=guide, start=start)
             if sub.status not in ("optimal", "user_limit"):
                 break
-            guide = Solution(sub.f, sub.y, "restricted_milp", sub.seconds, lp.bound)
+            guide = Solution(sub.f, sub.y, "restricted_milp", sub.seconds, sub.bound)
             candidates.append(guide)
         if not candidates:
             return Solution(lp.f, lp.y, "rounding_failed", 0.0, lp.bound)
-        return min(candidates, key=self._cost)
+        best = min(candidates, key=self._cost)   # with the best bound any candidate proved
+        return replace(best, bound=max((c.bound for c in candidates if c.bound is not None), default=None))
 
     def _cost(self, sol: Solution) -> float:
         t = self.table
@@ -266,7 +268,8 @@ class GeoPlanner:
         accuracy = np.bincount(t.service[used], weights=sol.f[used] * t.accuracy[used], minlength=n_s) / rate
         services = [PlanService(name=service.name, latency_ms_max=round(float(latency_max[s]), 3),
                                 accuracy=round(float(accuracy[s]), 5)) for s, service in enumerate(spec.services)]
-        bound = first.bound if first is not None and first.bound is not None else compute + egress
+        bounds = [s.bound for s in (first, sol) if s is not None and s.bound is not None]
+        bound = max(bounds) if bounds else compute + egress
         info = SolverInfo(method=self.chosen, status=sol.status, seconds=round(seconds, 3),
                           build_s=round(self.enumerate_s + (self.problem.build_s if self.problem else 0.0), 3),
                           compile_s=round(self.problem.compile_s, 3) if self.problem and self.problem.compile_s else None,

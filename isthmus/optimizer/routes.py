@@ -123,6 +123,19 @@ class RouteTable:
             self.pv_capacity_rps[used]
         return sub
 
+    def compute_ms(self, r: int) -> float:
+        """The part of route r's L_r spent at its site: the version's latency on the pool's device, or a split's
+        tail there (a device-only split: its head on the edge device); the rest is the source's network and head."""
+        model, name = self.version_names[self.version[r]]
+        version = next(v for v in self.spec.model(model).versions if v.name == name)
+        if self.split[r] < 0:
+            return float(version.latency_ms[self.pools.device[self.pool[r]]])
+        exit = None if self.exit[r] < 0 else int(self.exit[r])
+        point = next(sp for sp in version.splits if sp.split == self.split[r] and sp.exit == exit)
+        if self.pool[r] < 0:
+            return float(point.head_ms[self.pools.device[self.head_pool[r]]])
+        return float(point.tail_ms[self.pools.device[self.pool[r]]])
+
     def keys(self) -> np.ndarray:
         """One int64 key per route, stable across telemetry updates of the same spec structure."""
         cols = [self.service, self.data_version, self.version, self.pool + 1, self.split + 1, self.exit + 1]

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from isthmus.partition.chain import ChainPath, ChainTable
 from isthmus.partition.graph import PartitionGraph, parse_graph
+from isthmus.profiler.devices import DEVICE_KINDS
 
 if TYPE_CHECKING:
     from isthmus.profiler import ModelProfile
@@ -22,15 +23,8 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_DEVICES", "is_chain", "chain_table", "dag_graph", "topological_table", "device_profiles"]
 
-DEFAULT_DEVICES: dict[str, dict[str, float | str]] = {
-    "rpi3": {"kind": "cpu", "tflops": 0.004, "mem_gb": 1},      # Raspberry Pi 3B, 4x Cortex-A53 (Edgent's device)
-    "jetson-nano": {"kind": "gpu", "tflops": 0.236, "mem_gb": 4},
-    "desktop": {"kind": "cpu", "tflops": 0.2, "mem_gb": 8},     # quad-core 3.4 GHz (Edgent's edge server)
-    "xeon8": {"kind": "cpu", "tflops": 0.6, "mem_gb": 16},
-    "t4": {"kind": "gpu", "tflops": 8.1, "mem_gb": 16},
-    "a10g": {"kind": "gpu", "tflops": 31.2, "mem_gb": 24},
-}
-"""Device kinds usable without a spec (`isthmus partition MODEL --device rpi3 --site-device t4`)."""
+DEFAULT_DEVICES = DEVICE_KINDS
+"""Device kinds usable without a spec (`isthmus partition MODEL --device rpi3 --site-device t4`): the registry."""
 
 
 def is_chain(profile: ModelProfile) -> bool:

@@ -338,6 +338,7 @@ def random_spec(seed: int, zoo: str = "inception", slo_ms: float = 1000.0) -> Sp
     4-7 instance types each from AutoDeep-like GPU servers (1-8 GPUs, `KINDS` prices), 1-4 instances each,
     100-1500 requests/s from the users."""
     from isthmus.placement.devices import KINDS
+    from isthmus.profiler.devices import DEVICE_KINDS
     from isthmus.spec import parse_spec
 
     rng = np.random.default_rng(seed)
@@ -351,8 +352,8 @@ def random_spec(seed: int, zoo: str = "inception", slo_ms: float = 1000.0) -> Sp
              "price_per_hour": round(KINDS[kind].price_per_hour * n * mult, 3)} for kind, n in types]})
         links.append({"src": "users", "dst": str(name), "rtt_ms": float(rng.uniform(0.5, 3)),
                       "bandwidth_mbps": float(rng.uniform(100, 1000))})
-    devices = {k: {"kind": "gpu", "tflops": v.tflops, "mem_gb": v.mem_gb, "mem_bw_gbps": v.mem_bw_gbps}
-               for k, v in KINDS.items()}
+    catalogue = {kind for kind, _ in _CATALOGUE}
+    devices = {k: d for k, d in DEVICE_KINDS.items() if k in catalogue}
     return parse_spec({
         "name": f"random-{seed}", "regions": regions, "devices": devices, "links": links,
         "sources": [{"name": "users", "location": "users", "rate_rps": float(rng.uniform(100, 1500)),

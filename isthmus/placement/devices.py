@@ -8,8 +8,9 @@ GPU op latencies are the host CPU's measured ones scaled by the roofline (see `g
 by `util`: a GPU op reaches about 30% of a GPU's roofline (kept at every batch size: optimistic
 for transfers at large batches) but about all of a CPU's.
 
-`KINDS` holds public specs of GPU kinds (FP32 TFLOPS, memory bandwidth, memory) and the
-hourly price per GPU AutoDeep's table gives; "cpu" is this machine, measured once per process.
+`KINDS` holds every kind of the registry `isthmus.profiler.devices.DEVICE_KINDS` (FP32 TFLOPS, memory
+bandwidth, memory: the same names `profile` and `partition` accept) with the hourly price per GPU
+AutoDeep's table gives; "cpu" (or "local-cpu") is this machine, measured once per process.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Callable
 
 import numpy as np
 
+from isthmus.profiler.devices import DEVICE_KINDS, HOST_KINDS
 from isthmus.spec import Device
 
 __all__ = ["DeviceKind", "KINDS", "LINKS", "DeviceSet", "parse_devices", "host_kind", "kind_from_spec", "cpu_clock"]
@@ -41,18 +43,8 @@ class DeviceKind:
     intra_link: str = "pcie"  # how devices of this kind talk inside one instance
 
 
-# Public datasheet numbers (FP32, boost clock). K80 is one of the board's two GK210 dies.
-KINDS: dict[str, DeviceKind] = {
-    k.name: k for k in [
-        DeviceKind("v100", 15.7, 900.0, 16.0, price_per_hour=3.06, intra_link="nvlink"),
-        DeviceKind("p100", 9.3, 732.0, 16.0, price_per_hour=2.07),
-        DeviceKind("k80", 4.37, 240.0, 12.0, price_per_hour=0.90),
-        DeviceKind("1080", 8.87, 320.0, 8.0, price_per_hour=0.70),
-        DeviceKind("980ti", 6.06, 336.0, 6.0, price_per_hour=0.56),
-        DeviceKind("t4", 8.1, 320.0, 16.0, price_per_hour=0.526),
-        DeviceKind("a10g", 31.2, 600.0, 24.0, price_per_hour=1.006),
-    ]
-}
+_PRICES = {"v100": 3.06, "p100": 2.07, "k80": 0.90, "1080": 0.70, "980ti": 0.56, "t4": 0.526, "a10g": 1.006}
+_INTRA_LINKS = {"v100": "nvlink"}  # the link between two devices of a kind in one instance (default pcie)
 
 # (latency_ms, bandwidth_gbps): PCIe 3.0 x16 effective, NVLink 2 (one brick, one direction), 10 GbE.
 LINKS: dict[str, tuple[float, float]] = {
@@ -118,12 +110,15 @@ def host_kind(threads: int | None = None) -> DeviceKind:
 
 
 def kind_from_spec(name: str, device: Device) -> DeviceKind:
-    """A spec `devices:` entry as a DeviceKind (memory bandwidth from `KINDS` or ~40 B/FLOP·TFLOPS if absent)."""
-    known = KINDS.get(name)
-    bw = device.mem_bw_gbps or (known.mem_bw_gbps if known else 40.0 * device.tflops)
+    """A spec `devices:` entry as a DeviceKind (memory bandwidth from the registry or ~40 B/FLOP·TFLOPS if absent)."""
+    bw = device.mem_bw_gbps or DEVICE_KINDS.get(name, {}).get("mem_bw_gbps") or 40.0 * device.tflops
     cpu = device.kind == "cpu"
-    return DeviceKind(name, device.tflops, bw, device.mem_gb, launch_ms=0.0 if cpu else 0.010, util=1.0 if cpu else 0.3,
-                      intra_link=known.intra_link if known else "pcie")
+    return DeviceKind(name, device.tflops, float(bw), device.mem_gb, launch_ms=0.0 if cpu else 0.010,
+                      util=1.0 if cpu else 0.3, price_per_hour=_PRICES.get(name, 0.0),
+                      intra_link=_INTRA_LINKS.get(name, "pcie"))
+
+
+KINDS: dict[str, DeviceKind] = {name: kind_from_spec(name, Device(**d)) for name, d in DEVICE_KINDS.items()}
 
 
 @dataclass
@@ -180,12 +175,12 @@ def parse_devices(text: str, link: str | None = None) -> DeviceSet:
             raise ValueError(f"devices: cannot parse {part!r}. To fix: write COUNTxKIND joined by '+', "
                              f"e.g. 4xv100 or 2xv100+2xk80")
         count, name = int(m.group(1) or 1), m.group(2).lower()
-        if name != "cpu" and name not in KINDS:
+        if name not in HOST_KINDS and name not in KINDS:
             raise ValueError(f"devices: unknown device kind {name!r}. To fix: use one of "
-                             f"{sorted(KINDS) + ['cpu']}")
+                             f"{sorted(KINDS) + list(HOST_KINDS)}")
         if not 1 <= count <= 64:
             raise ValueError(f"devices: count {count} in {part!r} must be 1..64. To fix: use a count in that range")
-        kinds += [host_kind() if name == "cpu" else KINDS[name]] * count
+        kinds += [host_kind() if name in HOST_KINDS else KINDS[name]] * count
     if link is not None and link not in LINKS:
         raise ValueError(f"link: unknown link {link!r}. To fix: use one of {sorted(LINKS)}")
     n = len(kinds)

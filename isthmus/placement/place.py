@@ -11,7 +11,7 @@ from isthmus.placement.devices import DeviceSet, kind_from_spec
 from isthmus.placement.graph import OpGraph
 from isthmus.placement.heuristics import HEURISTICS
 from isthmus.placement.learned import learn_placement
-from isthmus.placement.simulator import lower_bound_ms, simulate
+from isthmus.placement.simulator import critical_path_ms, lower_bound_ms, simulate
 from isthmus.spec import Spec
 
 __all__ = ["PolicyReport", "compare_policies", "best_heuristic", "fill_spec"]
@@ -21,10 +21,12 @@ __all__ = ["PolicyReport", "compare_policies", "best_heuristic", "fill_spec"]
 class PolicyReport:
     """Makespans (ms, one simulator) and search seconds of every policy; `placement` is the learned one.
 
-    `parallelism` = T1 / T∞ of the measured host latencies and `branch_width` = the max antichain of ops with
-    ≥ 2% of the work (properties of the graph); `speedup_bound` = (work on the best single device) / lower_bound_ms,
-    with lower_bound_ms = max(T∞, T1 / n_devices) on these devices' fastest op costs: the most any placement
-    could gain over one device, even with free communication."""
+    On these devices' op costs, with T1 = the single policy's makespan (one device, the least work that holds the
+    model) and T∞ = the longest path with every op on its fastest device: `parallelism` = T1 / T∞, which no
+    placement on any number of such devices beats even with free communication, and `speedup_bound` = T1 /
+    lower_bound_ms with lower_bound_ms = max(T∞, Σ fastest op costs / n_devices), the tighter bound for n
+    devices. Both bound every policy's speed-up over single. (`parallel_branches` and `branch_width`, the max
+    antichain of ops with ≥ 2% of the work, are properties of the graph on the measured host latencies.)"""
 
     model: str
     devices: str
@@ -81,10 +83,12 @@ def compare_policies(graph: OpGraph, devices: DeviceSet, devices_label: str = ""
     spans["learned"] = learned.makespan_ms
     seconds["learned"] = learned.search_s + sum(seconds.values())  # it needed the heuristics first
     bound_ms = lower_bound_ms(graph, costs)
+    t1 = spans["single"] if np.isfinite(spans["single"]) else float(costs.sum(axis=0).min())
     return PolicyReport(graph.name, devices_label or "+".join(devices.names), spans, seconds,
                         {op: devices.names[d] for op, d in zip(graph.ops, learned.placement)},
-                        bound_ms, graph.has_parallel_branches(), learned.episodes, graph.parallelism(),
-                        graph.branch_width(), float(costs.sum(axis=0).min()) / bound_ms, graph.batch)
+                        bound_ms, graph.has_parallel_branches(), learned.episodes,
+                        t1 / max(critical_path_ms(graph, costs), 1e-12), graph.branch_width(), t1 / bound_ms,
+                        graph.batch)
 
 
 def fill_spec(spec: Spec, graphs: dict[str, OpGraph]) -> Spec:

@@ -83,14 +83,18 @@ def _print_sites(address: str, sites: dict[str, list[str]], as_json: bool) -> No
 
 
 def _wait(exit_after_s: float) -> None:
+    """Until `exit_after_s` passed (0: never), Ctrl-C or SIGTERM; then the caller stops the local cluster."""
     import time
 
+    from isthmus.platform.signals import sigterm_as_interrupt
+
     deadline = time.monotonic() + exit_after_s if exit_after_s > 0 else float("inf")
-    try:
-        while time.monotonic() < deadline:
-            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-    except KeyboardInterrupt:
-        pass
+    with sigterm_as_interrupt():  # replaces ray.init's handler, which exits without cluster.shutdown()
+        try:
+            while time.monotonic() < deadline:
+                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        except KeyboardInterrupt:
+            pass
 
 
 def _parse_urls(values: list[str]) -> dict[str, str]:
@@ -142,8 +146,17 @@ def serve_config_command(
 
 @_trace.command("summary")
 def trace_summary(file: str = typer.Argument(..., help="JSONL span file (the runtime's tracing output)."),
+                  spec: str = typer.Option(None, "--spec", help="The plan's spec: adds each route's predicted "
+                                           "compute (the part of L_r spent at the site)."),
                   as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON.")) -> None:
-    """Per-hop latency breakdown of every trace, and predicted (plan) vs measured latency per route."""
+    """Per-hop latency of every trace (one row per hop and service, so the deployment at each site is its own row)
+    and, per route, the plan's prediction beside the latency measured at the ingress.
+
+    The ingress measures from a request's arrival there to its reply, so the client's uplink is not in it; the
+    plan's route latency L_r is rtt + transfer + compute, network included. The table shows L_r as "predicted
+    L_r (incl. network)" and "ingress p50 / predicted L_r (incl. network)" (below 1 where the network is a large
+    part of L_r); with --spec also "predicted compute", L_r without the network and the split head: the
+    prediction to compare the ingress p50 with ("ingress p50 / predicted compute")."""
     from rich.console import Console
     from rich.table import Table
 
@@ -153,7 +166,7 @@ def trace_summary(file: str = typer.Argument(..., help="JSONL span file (the run
     if not Path(file).is_file():
         _fail(f"{file}: no such file. To fix: pass the JSONL span file (TracingConfig.jsonl_path)")
     try:
-        summary = summarize(load_spans(file))
+        summary = summarize(load_spans(file), _load_spec(spec) if spec else None)
     except ValueError as err:
         _fail(str(err))
     if as_json:
@@ -169,10 +182,14 @@ def trace_summary(file: str = typer.Argument(..., help="JSONL span file (the run
     print_table(hops, console)
     if summary["routes"]:
         routes = Table(title="predicted (plan) vs measured at the ingress (ms)")
-        for column in ("site", "model version", "n", "predicted", "measured p50", "measured p99", "p50/predicted"):
-            routes.add_column(column, justify="left" if column in ("site", "model version") else "right")
+        for column in ("service", "site", "model version", "n", "predicted L_r (incl. network)", "predicted compute",
+                       "ingress p50", "ingress p99", "ingress p50 / predicted L_r (incl. network)",
+                       "ingress p50 / predicted compute"):
+            routes.add_column(column, justify="left" if column in ("service", "site", "model version") else "right")
         for r in summary["routes"]:
-            routes.add_row(r["site"], r["model_version"], str(r["n"]), f"{r['predicted_ms']:.2f}",
-                           f"{r['measured_p50_ms']:.2f}", f"{r['measured_p99_ms']:.2f}",
-                           f"{r['measured_over_predicted']:.2f}")
+            compute = r["predicted_compute_ms"]
+            routes.add_row(r["service"], r["site"], r["model_version"], str(r["n"]), f"{r['predicted_ms']:.2f}",
+                           "-" if compute is None else f"{compute:.2f}", f"{r['measured_p50_ms']:.2f}",
+                           f"{r['measured_p99_ms']:.2f}", f"{r['measured_over_predicted']:.2f}",
+                           "-" if not compute else f"{r['measured_p50_ms'] / compute:.2f}")
         print_table(routes, console)

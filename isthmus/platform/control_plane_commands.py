@@ -91,14 +91,22 @@ def parse_tail_spec(spec: str) -> tuple[tuple[str, int, int], Path]:
                           "--tail alexnet_exits:7:-1=tail.pt (split 0 = the raw input, exit -1 = final).") from None
 
 
-def _serve_forever(stop_check: Any = None) -> None:
-    try:
-        while True:
-            time.sleep(1.0)
-            if stop_check is not None:
-                stop_check()
-    except KeyboardInterrupt:
-        pass
+def _serve_forever(ready: str, stop_check: Any = None) -> None:
+    """Print `ready` (Rich markup), then wait until Ctrl-C or SIGTERM; either returns, so the caller stops its
+    server and exits 0. SIGTERM is caught before `ready` is printed, so whoever waits for it may send one."""
+    from rich.console import Console
+
+    from isthmus.platform.signals import sigterm_as_interrupt
+
+    with sigterm_as_interrupt():
+        try:
+            Console().print(ready)
+            while True:
+                time.sleep(1.0)
+                if stop_check is not None:
+                    stop_check()
+        except KeyboardInterrupt:
+            pass
 
 
 def control_plane(certs: str = typer.Option(..., help="Directory from `isthmus certs init`."),
@@ -108,7 +116,7 @@ def control_plane(certs: str = typer.Option(..., help="Directory from `isthmus c
                   partitions: Optional[str] = typer.Option(None, help="Directory to keep partitions in "
                                                                       "(default: memory)."),
                   max_request_bytes: int = typer.Option(1024 * 1024, help="Largest request accepted.")) -> None:
-    """Serve the ControlPlane (mTLS + bearer tokens) for edge agents until Ctrl-C."""
+    """Serve the ControlPlane (mTLS + bearer tokens) for edge agents until Ctrl-C or SIGTERM."""
     import logging
 
     from pydantic import ValidationError
@@ -131,7 +139,6 @@ def control_plane(certs: str = typer.Option(..., help="Directory from `isthmus c
     except (_InputError, CertError, OSError, ValueError, ValidationError) as err:
         _fail(str(err))
         return
-    Console().print(f"[green]control plane[/green] on {server.address} (mTLS), plan version {plan.version}")
     seen = [source.stat().st_mtime]
 
     def reload() -> None:
@@ -144,7 +151,7 @@ def control_plane(certs: str = typer.Option(..., help="Directory from `isthmus c
         except (_InputError, OSError, ValueError) as err:  # keep serving the last good plan
             Console(stderr=True).print(f"[red]{err}[/red] (kept plan version {plan.version})", highlight=False)
 
-    _serve_forever(reload)
+    _serve_forever(f"[green]control plane[/green] on {server.address} (mTLS), plan version {plan.version}", reload)
     server.stop()
 
 
@@ -156,9 +163,7 @@ def inference_server(tail: List[str] = typer.Option(..., help="MODEL:SPLIT:EXIT=
                      name: str = typer.Option("cloud", help="Reported as served_by."),
                      max_request_bytes: int = typer.Option(64 * 1024 * 1024, help="Largest request accepted.")
                      ) -> None:
-    """Serve `isthmus.v1.Inference` over TorchScript tails until Ctrl-C."""
-    from rich.console import Console
-
+    """Serve `isthmus.v1.Inference` over TorchScript tails until Ctrl-C or SIGTERM."""
     from isthmus.platform._grpc import ServerTLS
     from isthmus.platform.inference_server import InferenceServer
 
@@ -178,7 +183,6 @@ def inference_server(tail: List[str] = typer.Option(..., help="MODEL:SPLIT:EXIT=
     except (_InputError, OSError, ValueError, TypeError) as err:  # CertError is a ValueError
         _fail(str(err))
         return
-    Console().print(f"[green]inference server[/green] {name} on {server.address} "
-                    f"({'mTLS + bearer tokens' if certs else 'plaintext'}), tails {sorted(tails)}")
-    _serve_forever()
+    _serve_forever(f"[green]inference server[/green] {name} on {server.address} "
+                   f"({'mTLS + bearer tokens' if certs else 'plaintext'}), tails {sorted(tails)}")
     server.stop()

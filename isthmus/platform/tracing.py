@@ -11,9 +11,10 @@ Triton reads `traceparent` reliably only from HTTP headers: its gRPC carrier mea
 characters the W3C parser rejects the value and Triton starts a fresh trace (a few percent of requests;
 reproduced in tests/e2e/test_triton_trace_context.py). Traced calls to Triton go over its HTTP endpoint.
 
-`summarize(spans, ...)` groups spans by trace and computes, per hop (span name), the duration
-distribution; measured end-to-end latency per route is compared with the plan's prediction
-(`isthmus.predicted_latency_ms` on the ingress span).
+`summarize(spans, spec)` groups spans by trace and computes, per hop (span name and service, e.g. the
+deployment at each site), the duration distribution; the latency measured at the ingress per route is set
+beside the plan's prediction L_r (`isthmus.predicted_latency_ms` on the ingress span, network included) and,
+given the spec, beside L_r's compute part (what the ingress can see).
 """
 
 from __future__ import annotations
@@ -327,48 +328,76 @@ def _depths(spans: list[dict]) -> dict[str, int]:
     return depths
 
 
-def summarize(spans: list[dict]) -> dict[str, Any]:
+def summarize(spans: list[dict], spec: Any = None) -> dict[str, Any]:
     """Per-hop latency breakdown and predicted vs measured latency per route.
 
-    hops: for each span name, n, p50/p99/mean duration (ms) and mean depth in its trace, ordered by
-    depth (client first, Triton compute last). routes: for ingress spans carrying
-    `isthmus.predicted_latency_ms`, per (site, model_version): n, predicted ms, measured p50/p99 ms
-    and measured p50 / predicted.
+    hops: one row per (span name, service), so a hop run at two sites is two rows: n, p50/p99/mean duration
+    (ms) and mean depth in its trace, ordered by depth (client first, Triton compute last). routes: for ingress
+    spans carrying `isthmus.predicted_latency_ms`, per (service, site, model_version): n, the plan's predicted
+    route latency L_r (`predicted_ms`: rtt + transfer from the source + compute, so it includes the network),
+    the ingress's measured p50/p99 and `measured_over_predicted` = ingress p50 / L_r. The ingress measures from
+    the request's arrival there to its reply, so it does not see the client's uplink that L_r includes; with
+    the plan's `spec`, `predicted_compute_ms` is the part of L_r spent at the site (`RouteTable.compute_ms`),
+    the prediction an ingress measurement is comparable with (None without a spec).
     """
     traces: dict[str, list[dict]] = defaultdict(list)
     for span in spans:
         traces[span["trace_id"]].append(span)
-    hop_ms: dict[str, list[float]] = defaultdict(list)
-    hop_depth: dict[str, list[int]] = defaultdict(list)
-    hop_service: dict[str, str] = {}
-    routes: dict[tuple[str, str], dict[str, Any]] = {}
+    hop_ms: dict[tuple[str, str], list[float]] = defaultdict(list)
+    hop_depth: dict[tuple[str, str], list[int]] = defaultdict(list)
+    routes: dict[tuple[str, str, str], dict[str, Any]] = {}
     for trace_spans in traces.values():
         depths = _depths(trace_spans)
         for span in trace_spans:
-            hop_ms[span["name"]].append(float(span["duration_ms"]))
-            hop_depth[span["name"]].append(depths[span["span_id"]])
-            hop_service.setdefault(span["name"], span.get("service", ""))
+            hop = (span["name"], span.get("service", ""))
+            hop_ms[hop].append(float(span["duration_ms"]))
+            hop_depth[hop].append(depths[span["span_id"]])
             attrs = span.get("attributes") or {}
             if PREDICTED_ATTR in attrs:
-                key = (str(attrs.get("isthmus.site", "?")), str(attrs.get("isthmus.model_version", "?")))
+                key = tuple(str(attrs.get(f"isthmus.{a}", "?")) for a in ("service", "site", "model_version"))
                 entry = routes.setdefault(key, {"predicted": [], "measured": []})
                 entry["predicted"].append(float(attrs[PREDICTED_ATTR]))
                 entry["measured"].append(float(span["duration_ms"]))
     hops = []
-    for name, values in hop_ms.items():
-        hops.append({"hop": name, "service": hop_service[name], "n": len(values),
-                     "depth": sum(hop_depth[name]) / len(hop_depth[name]),
+    for (name, service), values in hop_ms.items():
+        hops.append({"hop": name, "service": service, "n": len(values),
+                     "depth": sum(hop_depth[name, service]) / len(values),
                      "p50_ms": _percentile(values, 50), "p99_ms": _percentile(values, 99),
                      "mean_ms": sum(values) / len(values)})
-    hops.sort(key=lambda h: (h["depth"], -h["mean_ms"]))
+    hops.sort(key=lambda h: (h["depth"], -h["mean_ms"], h["service"]))
     route_rows = []
-    for (site, version), entry in sorted(routes.items()):
+    for (service, site, version), entry in sorted(routes.items()):
         predicted = sum(entry["predicted"]) / len(entry["predicted"])
         p50 = _percentile(entry["measured"], 50)
-        route_rows.append({"site": site, "model_version": version, "n": len(entry["measured"]),
-                           "predicted_ms": predicted, "measured_p50_ms": p50,
+        route_rows.append({"service": service, "site": site, "model_version": version, "n": len(entry["measured"]),
+                           "predicted_ms": predicted, "predicted_compute_ms": None, "measured_p50_ms": p50,
                            "measured_p99_ms": _percentile(entry["measured"], 99),
                            "measured_over_predicted": p50 / predicted if predicted > 0 else float("nan")})
+    if spec is not None:
+        _add_predicted_compute(spec, route_rows)
     sizes = [len(v) for v in traces.values()]
     return {"traces": len(traces), "spans": len(spans), "max_spans_per_trace": max(sizes, default=0),
             "hops": hops, "routes": route_rows}
+
+
+def _add_predicted_compute(spec: Any, rows: list[dict]) -> None:
+    """Set each row's `predicted_compute_ms`: of the spec's routes of its (service, site, model version), the one
+    whose L_r is nearest the row's prediction, split into network and compute (rows the spec lacks keep None)."""
+    import math
+
+    import numpy as np
+
+    from isthmus.optimizer.routes import build_routes
+
+    table = build_routes(spec, latency_headroom=math.inf)  # every route, whatever the SLO
+    services = {s.name: i for i, s in enumerate(spec.services)}
+    places = {p: i for i, p in enumerate(table.net.places)}
+    versions = np.array([name for _, name in table.version_names] or [""])[table.version]
+    for row in rows:
+        if row["service"] not in services or row["site"] not in places:
+            continue
+        match = np.flatnonzero((table.service == services[row["service"]]) & (table.site == places[row["site"]])
+                               & (versions == row["model_version"]))
+        if len(match):
+            r = match[np.argmin(np.abs(table.latency_ms[match] - row["predicted_ms"]))]
+            row["predicted_compute_ms"] = table.compute_ms(int(r))

@@ -44,6 +44,7 @@ __all__ = [
     "TritonServer",
     "find_tritonserver",
     "free_port",
+    "measure_output_shape",
     "write_model_repository",
 ]
 
@@ -186,7 +187,7 @@ def _config_pbtxt(model: TritonModel, output_shape: tuple[int, ...]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _measure_output_shape(model: TritonModel) -> tuple[int, ...]:
+def measure_output_shape(model: TritonModel) -> tuple[int, ...]:
     """Run the TorchScript file once on a zero batch of 1 and return the output's per-sample shape."""
     import numpy as np
     import torch
@@ -219,7 +220,7 @@ def write_model_repository(repo: Path, models: list[TritonModel]) -> Path:
             )
     repo.mkdir(parents=True, exist_ok=True)
     for model in models:
-        output_shape = model.output_shape if model.output_shape is not None else _measure_output_shape(model)
+        output_shape = model.output_shape if model.output_shape is not None else measure_output_shape(model)
         model_dir = repo / model.name
         if model_dir.exists():
             shutil.rmtree(model_dir)

@@ -10,12 +10,15 @@ def register(app: typer.Typer) -> None:
 
 
 def _device(kind: str, spec_path: str | None):
-    """The declared Device of `kind`: from the spec's `devices` if given, else the built-in kinds."""
-    from isthmus.partition.profiles import DEFAULT_DEVICES
+    """The declared Device of `kind`: from the spec's `devices` if given, else the registry of device kinds; None
+    for this machine's CPU (`HOST_KINDS`: the profile as measured)."""
+    from isthmus.profiler.devices import DEVICE_KINDS, HOST_KINDS
     from isthmus.spec import Device, load_spec
 
+    if kind in HOST_KINDS:
+        return None
     devices = dict(load_spec(spec_path).devices) if spec_path else {
-        k: Device(**v) for k, v in DEFAULT_DEVICES.items()}
+        k: Device(**v) for k, v in DEVICE_KINDS.items()}
     if kind not in devices:
         where = f"the devices of {spec_path}" if spec_path else "the built-in kinds (or pass --spec)"
         raise ValueError(f"unknown device kind {kind!r}. To fix: use one of {sorted(devices)} from {where}")
@@ -44,7 +47,7 @@ def profile(model: str = typer.Argument(..., help="Zoo model name (see `isthmus 
             raise ValueError(f"unknown zoo model {model!r}. To fix: use one of {list(ZOO_NAMES)}")
         if size not in ("full", "small"):
             raise ValueError(f"--size {size!r} is not 'full' or 'small'. To fix: pass --size full or --size small")
-        target = None if device == "local-cpu" else _device(device, spec)
+        target = _device(device, spec)
         from isthmus.models.runtime import quiet_torch
         from isthmus.profiler import profile_model, speed_factor
 

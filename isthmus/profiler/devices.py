@@ -1,4 +1,8 @@
-"""Scaling profiles to declared device kinds (roofline on compute).
+"""The device kinds every command knows, and scaling profiles to device kinds (roofline on compute).
+
+`DEVICE_KINDS` is the one registry of kinds usable without a spec: `isthmus place --devices 4xv100`,
+`isthmus profile --device rpi3`, `isthmus partition --device rpi3 --site-device t4` all accept its names
+(each entry is a spec `devices:` entry), plus `HOST_KINDS`, this machine's CPU as measured.
 
 speed_factor(d) = declared peak of d / measured peak of this machine's CPU
                 = 1000 · d.tflops / local_gflops(),
@@ -14,7 +18,26 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from isthmus.spec import Device
 
-__all__ = ["local_gflops", "speed_factor"]
+__all__ = ["DEVICE_KINDS", "HOST_KINDS", "local_gflops", "speed_factor"]
+
+DEVICE_KINDS: dict[str, dict[str, float | str]] = {
+    # GPUs, public datasheet numbers (FP32 at boost clock, memory bandwidth GB/s); K80 is one of its two GK210 dies
+    "v100": {"kind": "gpu", "tflops": 15.7, "mem_gb": 16, "mem_bw_gbps": 900},
+    "p100": {"kind": "gpu", "tflops": 9.3, "mem_gb": 16, "mem_bw_gbps": 732},
+    "k80": {"kind": "gpu", "tflops": 4.37, "mem_gb": 12, "mem_bw_gbps": 240},
+    "1080": {"kind": "gpu", "tflops": 8.87, "mem_gb": 8, "mem_bw_gbps": 320},
+    "980ti": {"kind": "gpu", "tflops": 6.06, "mem_gb": 6, "mem_bw_gbps": 336},
+    "t4": {"kind": "gpu", "tflops": 8.1, "mem_gb": 16, "mem_bw_gbps": 320},
+    "a10g": {"kind": "gpu", "tflops": 31.2, "mem_gb": 24, "mem_bw_gbps": 600},
+    # edge devices and CPU servers
+    "jetson-nano": {"kind": "gpu", "tflops": 0.236, "mem_gb": 4, "mem_bw_gbps": 25.6},
+    "rpi3": {"kind": "cpu", "tflops": 0.004, "mem_gb": 1, "mem_bw_gbps": 3.6},  # Raspberry Pi 3B (Edgent's device)
+    "desktop": {"kind": "cpu", "tflops": 0.2, "mem_gb": 8, "mem_bw_gbps": 25.6},  # quad-core 3.4 GHz (Edgent's server)
+    "xeon8": {"kind": "cpu", "tflops": 0.6, "mem_gb": 16, "mem_bw_gbps": 50},
+}
+
+HOST_KINDS = ("cpu", "local-cpu")
+"""Names of this machine's CPU, as measured (no scaling), in every command that runs on it."""
 
 _N = 512
 

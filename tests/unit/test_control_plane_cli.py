@@ -66,3 +66,40 @@ def test_bad_tail_spec(spec: str) -> None:
 
 def test_tail_spec_parses_model_names_with_colons() -> None:
     assert parse_tail_spec("a:b:0:-1=t.pt") == (("a:b", 0, -1), Path("t.pt"))
+
+
+@pytest.mark.parametrize("command", ["control-plane", "inference-server"])
+def test_sigterm_stops_the_server_with_exit_0_and_frees_its_port(tmp_path: Path, command: str) -> None:
+    """`kill -TERM` (systemd, a container runtime) runs the Ctrl-C path: the server stops, the port closes."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from isthmus.platform.triton import free_port
+
+    port = free_port()
+    if command == "control-plane":
+        init_certs(tmp_path / "certs", agents=[])
+        (tmp_path / "a.json").write_text("{}")
+        args = ["--certs", str(tmp_path / "certs"), "--assignments", str(tmp_path / "a.json")]
+    else:
+        torch = pytest.importorskip("torch")
+        torch.jit.save(torch.jit.script(torch.nn.Linear(4, 2)), str(tmp_path / "tail.pt"))
+        args = ["--tail", f"m:1:-1={tmp_path / 'tail.pt'}"]
+    proc = subprocess.Popen([sys.executable, "-c", "from isthmus.cli import main; main()", command, *args,
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = [proc.stdout.readline()]
+        while lines[-1] and not lines[-1].startswith(("control plane on", "inference server")):
+            lines.append(proc.stdout.readline())  # log lines come first
+        assert f":{port}" in lines[-1], "".join(lines) + proc.stdout.read()
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0, proc.stdout.read()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -308,6 +308,20 @@ def test_place_cli_json_and_bad_input(_cache):
         assert bad.exit_code == 2 and "To fix" in bad.output, args
 
 
+@pytest.mark.parametrize("devices", ["4xv100", "2xv100+2xk80"])
+def test_place_prints_bounds_no_policy_beats(devices, _cache):
+    """Inception on 4 V100s: T1/T∞ was taken on the host CPU's op latencies (1.32 < HEFT's 1.50x); both printed
+    bounds are on the placed devices' op costs, so no policy's speed-up over single exceeds either."""
+    from isthmus.cli import app
+
+    out = CliRunner().invoke(app, ["place", "inception", "--devices", devices, "--episodes", "5", "--json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.output)
+    assert data["speedup_bound"] <= data["parallelism"] + 1e-9
+    for name, span in data["policies"].items():
+        assert data["policies"]["single"] / span <= data["speedup_bound"] + 1e-4, (name, data)
+
+
 def _two_devices(host, lat=0.001, bw=1000.0, n=2):
     return DeviceSet([host] * n, np.full((n, n), lat) * (1 - np.eye(n)), np.full((n, n), bw))
 

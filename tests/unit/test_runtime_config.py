@@ -200,6 +200,44 @@ def test_jsonl_spans_and_summary(tmp_path) -> None:
     assert result.exit_code == 2 and "bad.jsonl:1" in result.output and "To fix" in result.output
 
 
+def _trace(i: int, site: str, predicted_ms: float, ingress_ms: float) -> list[dict]:
+    """One request's ingress span (service classify-us, routed to `site`, version int8) and its deployment span."""
+    trace, root = f"{i:032x}", f"{2 * i + 1:016x}"
+    attrs = {"isthmus.service": "classify-us", "isthmus.site": site, "isthmus.model_version": "int8",
+             "isthmus.predicted_latency_ms": predicted_ms}
+    return [{"trace_id": trace, "span_id": root, "parent_id": None, "name": "ingress", "service": "ingress",
+             "duration_ms": ingress_ms, "attributes": attrs},
+            {"trace_id": trace, "span_id": f"{2 * i + 2:016x}", "parent_id": root, "name": "deployment",
+             "service": f"site:{site}", "duration_ms": ingress_ms - 0.5, "attributes": {}}]
+
+
+def test_summary_has_a_row_per_hop_and_site_and_compares_the_ingress_with_compute(tmp_path) -> None:
+    """Deployments at two sites are two rows with their own counts (not all under the first site seen); the
+    ingress p50 is set beside the plan's L_r (network included) and, with the spec, beside L_r's compute part."""
+    from isthmus.spec import load_spec
+
+    root = Path(__file__).resolve().parents[2]
+    # classify-us from us-east: at eu-west L_r = 75 ms rtt + 1.2 ms transfer + 2.6 ms int8 on a t4; at home 2.6 ms
+    spans = [s for i in range(5) for s in _trace(i, "eu-west", 78.8, 3.0)]
+    spans += [s for i in range(5, 13) for s in _trace(i, "us-east", 2.6, 3.1)]
+    summary = summarize(spans, load_spec(root / "examples" / "geo-3-regions.yaml"))
+    deployments = {h["service"]: h["n"] for h in summary["hops"] if h["hop"] == "deployment"}
+    assert deployments == {"site:eu-west": 5, "site:us-east": 8}
+    routes = {r["site"]: r for r in summary["routes"]}
+    assert routes["eu-west"]["predicted_ms"] == 78.8 and routes["eu-west"]["measured_p50_ms"] == 3.0
+    assert routes["eu-west"]["predicted_compute_ms"] == pytest.approx(2.6)
+    assert routes["us-east"]["predicted_compute_ms"] == pytest.approx(2.6) and routes["us-east"]["n"] == 8
+    assert summarize(spans)["routes"][0]["predicted_compute_ms"] is None  # no spec, no compute part
+    path = tmp_path / "spans.jsonl"
+    path.write_text("".join(json.dumps(s) + "\n" for s in spans))
+    result = CliRunner().invoke(app, ["trace", "summary", str(path), "--spec",
+                                      str(root / "examples" / "geo-3-regions.yaml"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["routes"][0]["predicted_compute_ms"] == pytest.approx(2.6)
+    text = " ".join(CliRunner().invoke(app, ["trace", "summary", "--help"]).output.replace("│", " ").split())
+    assert "incl. network" in text and "ingress p50 / predicted compute" in text
+
+
 def test_otlp_grpc_exporter_sends_spans_over_the_wire() -> None:
     import grpc
     from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
@@ -270,3 +308,21 @@ def test_serve_config_cli_writes_a_valid_serve_config(tmp_path) -> None:
                        (["up", str(tmp_path / "nope.yaml"), "--local"], "cannot read")]:
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 2 and word in result.output, (args, result.output)
+
+
+def test_serve_config_given_the_spec_says_to_plan_it_first(tmp_path) -> None:
+    """The spec YAML instead of the plan JSON: one problem naming it a spec, with the commands that make the plan,
+    not a pydantic "Invalid JSON" error quoting the whole YAML."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(SPEC))
+    (tmp_path / "spec.json").write_text(json.dumps(SPEC))   # a spec written as JSON is a spec too
+    for path in (spec, tmp_path / "spec.json"):
+        result = CliRunner().invoke(app, ["serve-config", str(path), "--spec", str(spec)])
+        text = " ".join(result.output.split())
+        assert result.exit_code == 2 and "looks like a spec" in text, result.output
+        assert f"To fix: isthmus plan {path} --json > plan.json" in text and "serve-config plan.json --spec" in text
+        assert "Invalid JSON" not in text and "regions" not in text
+    (tmp_path / "notes.txt").write_text("just some notes\n")
+    result = CliRunner().invoke(app, ["serve-config", str(tmp_path / "notes.txt")])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "not JSON" in text and "To fix" in text and "Invalid JSON" not in text

@@ -57,3 +57,22 @@ def test_free_port_is_bindable_and_outside_the_ephemeral_range() -> None:
     for port in ports[:3]:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", port))
+
+
+@pytest.mark.parametrize("make", ["text", "state_dict", "wrong_shape"])
+def test_file_that_cannot_serve_fails_in_one_line_before_triton_starts(tmp_path: Path, scripted: Path,
+                                                                      make: str) -> None:
+    """Not TorchScript (a text file, a torch.save state dict) or an --input-shape the model rejects: exit 2 with
+    one line and a fix, as `isthmus validate` says it of an artifact, not torch's traceback."""
+    path, shape = tmp_path / "model.pt", "4"
+    if make == "text":
+        path.write_text("not a model\n")
+    elif make == "state_dict":
+        torch.save(torch.nn.Linear(4, 2).state_dict(), str(path))
+    else:
+        path, shape = scripted, "3,8"
+    result = CliRunner().invoke(app, ["triton-serve", str(path), "--input-shape", shape])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert "To fix" in lines[0] and "Traceback" not in lines[0] and "corrupted" not in lines[0]
+    assert ("--input-shape" in lines[0]) == (make == "wrong_shape"), lines[0]
