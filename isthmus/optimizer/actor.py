@@ -44,7 +44,7 @@ from typing import Any
 from isthmus.spec import Plan, SolverInfo, Spec
 
 __all__ = ["OPTIMIZER_NAME", "OPTIMIZER_NAMESPACE", "OptimizerActor", "start_optimizer", "telemetry_drift",
-           "measured_latency_ms", "measured_rates_rps", "held_rates_rps", "with_lost_sites", "degraded_plan"]
+           "measured_latency_ms", "measured_rates_rps", "held_rates_rps", "over_capacity", "with_lost_sites", "degraded_plan"]
 
 OPTIMIZER_NAME = "isthmus-optimizer"
 OPTIMIZER_NAMESPACE = "isthmus"
@@ -98,6 +98,32 @@ def _routing_signature(plan: Plan) -> list[tuple]:
                     for r in plan.routes if r.fraction > 0)
     return routes + sorted(("instances", i.site, i.instance_type, i.model_version, i.count)
                            for i in plan.instances if i.count > 0)
+
+
+def over_capacity(plan: Plan, spec: Spec, rates_rps: dict[str, float]) -> list[str]:
+    """Pools (site/instance type/model version) whose planned instances cannot carry `rates_rps`:
+    Σ_r λ_s·x_{s,r} > y_{j,t,m}·capacity_rps(m, dev(t)) over the pool's unsplit routes (λ_s: the rate of s's
+    source, from `rates_rps` where given). A rate that crosses a pool's capacity must re-plan even when it
+    drifted less than the threshold from the rate of the last re-plan."""
+    source = {s.name: s.source for s in spec.services}
+    rate = {s.name: rates_rps.get(s.name, s.rate_rps) for s in spec.sources}
+    devices = _site_devices(spec)
+    versions = {f"{m.name}/{v.name}": v for m in spec.models for v in m.versions}
+    model = {s.name: s.model for s in spec.services}
+    load: dict[tuple, float] = {}
+    for r in plan.routes:
+        if r.fraction > 0 and r.split is None:
+            key = (r.site, r.instance_type, f"{model[r.service]}/{r.model_version}")
+            load[key] = load.get(key, 0.0) + rate[source[r.service]] * r.fraction
+    over = []
+    for inst in plan.instances:
+        key = (inst.site, inst.instance_type, inst.model_version)
+        device = devices.get((inst.site, inst.instance_type))
+        version = versions.get(inst.model_version)
+        if key in load and device and version and device in version.latency_ms and \
+                load[key] > inst.count * version.capacity(device) * (1 + 1e-9):
+            over.append("/".join(key))
+    return over
 
 
 def held_rates_rps(samples: list[dict[str, float]]) -> dict[str, float]:
@@ -418,9 +444,9 @@ class _OptimizerActor:
     def poll_rates(self) -> dict[str, Any] | None:
         """One pull of the ingress's measured request rates (`measured_rates_rps`), held over the downscale delay
         (`held_rates_rps`) and divided by `target_utilization`, reported as `rates_rps` telemetry: past the
-        drift threshold the planner re-solves for that rate — so the instances run at most at
-        target_utilization of their capacity — and the fleet and Serve follow. None when no service had enough
-        requests in the window."""
+        drift threshold, or past what a pool's planned instances carry (`over_capacity`), the planner re-solves
+        for that rate — so the instances run at most at target_utilization of their capacity — and the fleet
+        and Serve follow. None when no service had enough requests in the window."""
         now = time.monotonic()
         measured = measured_rates_rps(self._planner.spec, self.ingress_stats(), self._rates_min_requests)
         self._rate_samples = [(t, r) for t, r in self._rate_samples if t >= now - self._downscale_delay_s]
@@ -428,8 +454,9 @@ class _OptimizerActor:
         rates = {k: v / self._target_utilization for k, v in held_rates_rps([r for _, r in self._rate_samples]).items()}
         if not measured:
             return None
-        return self._update({"rates_rps": rates}, source="rates",
-                            extra={"measured": {k: round(v, 3) for k, v in measured.items()}})
+        over = over_capacity(self._plan, self._planner.spec, rates)
+        return self._update({"rates_rps": rates}, source="rates", force=bool(over),
+                            extra={"measured": {k: round(v, 3) for k, v in measured.items()}, "over_capacity": over})
 
     # ---------------------------------------------------------------- edge agents, through the control plane
     def _control(self) -> Any:
@@ -741,24 +768,27 @@ class _OptimizerActor:
         return self._update({"latency_ms": measured}, source="poll", extra=extra)
 
     def _watch_loop(self) -> None:
+        """Liveness every `watch_interval_s`, pulled latencies every `poll_interval_s`, nodes, agents and rates
+        every `rates_interval_s`; each task on its own, so one that fails does not starve the others
+        (`status()["watch_error"]` names the last failure)."""
         next_poll = time.monotonic() + (self._poll_interval_s or 0)
         next_rates = time.monotonic() + (self._rates_interval_s or 0)
         interval = min(x for x in (self._watch_interval_s, self._poll_interval_s, self._rates_interval_s) if x)
         while not self._stop.wait(interval):
-            try:
-                if self._watch_interval_s:
-                    self.check_sites()
-                if self._poll_interval_s and time.monotonic() >= next_poll:
-                    next_poll = time.monotonic() + self._poll_interval_s
-                    self.poll_once()
-                if self._rates_interval_s and self._config is not None and time.monotonic() >= next_rates:
-                    next_rates = time.monotonic() + self._rates_interval_s
-                    self.adopt_nodes()
-                    self.poll_agents()
-                    self.poll_rates()
-                self._watch_error = ""
-            except Exception as err:  # noqa: BLE001 - keep watching; status() shows the last error
-                self._watch_error = f"{type(err).__name__}: {str(err)[:300]}"
+            tasks = [self.check_sites] if self._watch_interval_s else []
+            if self._poll_interval_s and time.monotonic() >= next_poll:
+                next_poll = time.monotonic() + self._poll_interval_s
+                tasks.append(self.poll_once)
+            if self._rates_interval_s and self._config is not None and time.monotonic() >= next_rates:
+                next_rates = time.monotonic() + self._rates_interval_s
+                tasks += [self.adopt_nodes, self.poll_agents, self.poll_rates]
+            errors = []
+            for task in tasks:
+                try:
+                    task()
+                except Exception as err:  # noqa: BLE001 - keep watching; status() shows the last error
+                    errors.append(f"{task.__name__}: {type(err).__name__}: {str(err)[:300]}")
+            self._watch_error = "; ".join(errors)
 
 
 def OptimizerActor():  # noqa: N802 - returns the Ray actor class, built lazily so importing needs no Ray

@@ -246,7 +246,8 @@ def _bring_up(spec: Spec, plan: Plan, models: dict[str, list[dict]], state: dict
 
     from isthmus.optimizer.actor import start_optimizer
     from isthmus.platform.certs import init_certs
-    from isthmus.platform.cluster import _local_serve_ports, missing_sites, serve_env
+    from isthmus.platform.cluster import (ClusterError, _local_serve_ports, check_gcs_answers, missing_sites,
+                                          serve_env)
     from isthmus.platform.nodes import LocalNodes, temp_dir
     from isthmus.platform.tracing import triton_trace_config
     from isthmus.platform.triton import free_port
@@ -264,7 +265,11 @@ def _bring_up(spec: Spec, plan: Plan, models: dict[str, list[dict]], state: dict
     else:
         state["address"] = address
         try:
+            check_gcs_answers(address)
             _connect(state)
+        except ClusterError as err:
+            state.pop("address")
+            raise DeployError(str(err)) from None
         except (ConnectionError, RuntimeError, ValueError) as err:
             state.pop("address")
             raise DeployError(f"cannot connect to Ray at {address!r}: {str(err).splitlines()[0]}. To fix: pass the "
@@ -316,9 +321,13 @@ def _replans(history: list[dict], limit: int = 10) -> list[dict]:
     for entry in history:
         if not entry.get("replanned"):
             continue
-        reason = f"{entry.get('source', 'report')}: {entry.get('key') or 'forced'} drifted " \
-                 f"{entry.get('drift', 0.0):.0%}" if entry.get("source") != "liveness" else \
-            f"liveness: lost {entry.get('lost_sites')}, back {entry.get('returned_sites')}"
+        if entry.get("source") == "liveness":
+            reason = f"liveness: lost {entry.get('lost_sites')}, back {entry.get('returned_sites')}"
+        elif entry.get("over_capacity"):
+            reason = f"{entry['source']}: {entry.get('key')} beyond the capacity of {entry['over_capacity']}"
+        else:
+            reason = f"{entry.get('source', 'report')}: {entry.get('key') or 'forced'} drifted " \
+                     f"{entry.get('drift', 0.0):.0%}"
         out.append({"plan_version": entry.get("plan_version", 0), "reason": reason,
                     "at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(entry.get("at_unix", 0))),
                     "changed": bool(entry.get("changed")), "cost_per_hour": entry.get("cost_per_hour")})

@@ -111,6 +111,8 @@ def _print_status(result: dict[str, Any]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    from isthmus.tables import print_table
+
     console = Console()
     emulated = " (device kinds emulated)" if result.get("emulated_devices") else ""
     console.print(f"[bold]{result['spec']}[/bold]: plan version {result['plan_version']}, "
@@ -124,7 +126,7 @@ def _print_status(result: dict[str, Any]) -> None:
         style = "" if pool["running"] == pool["planned"] else "yellow"
         fleet.add_row(pool["site"], pool["instance_type"], pool["model_version"], str(pool["planned"]),
                       str(pool["running"]), style=style)
-    console.print(fleet)
+    print_table(fleet, console)
     for pool in result["fleet"]:
         if pool.get("without_node"):
             console.print(f"[yellow]{pool['without_node']} planned instance(s) of {escape(pool['model_version'])} at "
@@ -137,11 +139,11 @@ def _print_status(result: dict[str, Any]) -> None:
     for s in result["services"]:
         services.add_row(s["name"], _fmt(s["rate_rps"]), _fmt(s["latency_ms_p50"]), _fmt(s["latency_ms_p99"]),
                          _fmt(s["slo_ms"], "{:g}"), _fmt(s["slo_attainment"], "{:.1%}"))
-    console.print(services)
+    print_table(services, console)
     if result["replans"]:
         replans = Table(title="last re-plans")
         for column in ("plan version", "at", "reason"):
             replans.add_column(column, overflow="fold")
         for r in result["replans"]:
             replans.add_row(str(r["plan_version"]), r["at"], escape(r["reason"]))
-        console.print(replans)
+        print_table(replans, console)

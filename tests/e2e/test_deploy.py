@@ -81,6 +81,14 @@ def _post(url: str, body: dict, timeout_s: float = 60) -> tuple[int, dict]:
         return err.code, json.loads(err.read() or b"{}")
 
 
+def _optimizer(state: Path):
+    import ray
+
+    deployment = json.loads((state / "deployment.json").read_text())
+    ray.init(address=deployment["address"], namespace="isthmus", logging_level="ERROR", log_to_driver=False)
+    return ray.get_actor(deployment["optimizer"], namespace="isthmus")
+
+
 def _status(state: Path) -> dict:
     result = _run("status", "--state-dir", str(state), "--json", timeout_s=120)
     assert result.returncode == 0, result.stderr
@@ -193,12 +201,14 @@ def test_bad_input_exits_2_and_leaves_the_deployment_serving(deployment) -> None
 
 
 def test_measured_rate_replans_to_more_instances_without_a_failed_request(deployment) -> None:
-    """Load at 1.75 × one instance's capacity (the plan has 2 for 1.2 ×): the ingress measures it, the
-    OptimizerActor plans for it at 80 % utilisation (1.75 / 0.8 > 2 instances), a third node joins and serves;
+    """Load at 1.65 × one instance's capacity (the plan has 2 for 1.2 ×): the ingress measures it, the
+    OptimizerActor plans for it at 80 % utilisation (1.65 / 0.8 > 2 instances), a third node joins and serves;
     every request of the run succeeds."""
+    import ray
+
     assert deployment["result"].returncode == 0, deployment["result"].stderr[-3000:]
     state, url = deployment["state"], deployment["status"]["endpoints"]["http"]
-    rate = 1.75 * deployment["capacity"]
+    rate = 1.65 * deployment["capacity"]
     results: Counter = Counter()
     nodes_after: set = set()
     replanned_at: list[float] = []
@@ -226,10 +236,10 @@ def test_measured_rate_replans_to_more_instances_without_a_failed_request(deploy
     driver = threading.Thread(target=drive, daemon=True)
     driver.start()
     fleet = []
+    optimizer = _optimizer(state)   # one Ray connection: an `isthmus status` process per poll costs a core
     try:
         while time.monotonic() - start < 80:
-            status = _status(state)
-            fleet = status["fleet"]
+            fleet = ray.get(optimizer.fleet_status.remote(), timeout=60)
             if not replanned_at and sum(p["planned"] for p in fleet) >= 3:
                 replanned_at.append(time.monotonic() - start)
             if replanned_at and all(p["planned"] == p["running"] for p in fleet) and \
@@ -241,12 +251,16 @@ def test_measured_rate_replans_to_more_instances_without_a_failed_request(deploy
         driver.join(timeout=30)
         for thread in threads:
             thread.join(timeout=120)
+        ray.shutdown()
+    status = _status(state)
+    if not (replanned_at and replanned_at[0] <= 30) or set(results) != {"ok"}:
+        print(json.dumps({"replanned_at": replanned_at, "status": status, "results": results}, indent=1))
     assert replanned_at and replanned_at[0] <= 30, (replanned_at, fleet, status["last_reports"],
                                                     status["watch_error"], status["services"], results)
     assert all(p["planned"] == p["running"] for p in fleet) and sum(p["planned"] for p in fleet) >= 3, fleet
     assert set(results) == {"ok"}, results
     assert len(nodes_after) >= 3, nodes_after
-    replans = _status(state)["replans"]
+    replans = status["replans"]
     assert any(r["changed"] and "rates_rps" in r["reason"] for r in replans), replans
     print(f"\nrate {rate:.1f} rps, re-planned to {sum(p['planned'] for p in fleet)} instances "
           f"{replanned_at[0]:.1f} s after the load began; {sum(results.values())} requests, all ok; "

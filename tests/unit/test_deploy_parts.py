@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from isthmus.optimizer.actor import held_rates_rps, measured_rates_rps
+from isthmus.optimizer.actor import held_rates_rps, measured_rates_rps, over_capacity
 from isthmus.platform.assignments import agent_assignments, measured_bandwidth_mbps
 from isthmus.platform.instances import planned_pools
 from isthmus.platform.nodes import kill_processes, processes
@@ -101,3 +101,13 @@ def _has_setproctitle() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("setproctitle") is not None
+
+
+def test_a_rate_beyond_a_pools_capacity_is_named_even_below_the_drift_threshold() -> None:
+    spec = parse_spec(dict(SPEC, models=[{"name": "m", "versions": [
+        {"name": "v", "accuracy": 0.9, "latency_ms": {"cpu": 100}, "capacity_rps": {"cpu": 10}}]}]))
+    plan = _plan([_route("us-east", 1.0)], [PlanInstance(site="us-east", instance_type="c", model_version="m/v",
+                                                         count=2)])
+    assert over_capacity(plan, spec, {"cams": 19.9}) == []
+    assert over_capacity(plan, spec, {"cams": 20.5}) == ["us-east/c/m/v"]
+    assert over_capacity(plan, spec, {}) == []            # the spec's own 10 rps
