@@ -140,8 +140,11 @@ def summarize_run(out: Path, state: Any, spec: Any, traces: dict, watcher_error:
     summary = {
         "requests": {"sent": len(samples), "ok": len(ok), "failed": len(samples) - len(ok),
                      "failures": [s.error for s in samples if not s.ok][:5]},
-        "services": [{"name": service.name, "slo_ms": service.slo_ms,
+        "services": [{"name": service.name, "slo_ms": service.slo_ms, "slo_percentile": service.slo_percentile,
+                      "slo_attainment": sum(s.latency_ms <= service.slo_ms for s in ok) / len(samples)
+                      if samples else 0.0,
                       "latency_ms_p50": _pct([s.latency_ms for s in ok], 50),
+                      "latency_ms_p95": _pct([s.latency_ms for s in ok], 95),
                       "latency_ms_p99": _pct([s.latency_ms for s in ok], 99),
                       "predicted_latency_ms": statistics.median(preds) if preds else float("nan"),
                       "accuracy": sum(s.correct for s in ok) / len(ok) if ok else 0.0,
@@ -286,7 +289,9 @@ def write_report(out: Path, summary: dict, state: Any) -> Path:
                                          f"{summary['requests']['failed']}",
         "latency p50 / p99 (ms)": f"{service['latency_ms_p50']:.1f} / {service['latency_ms_p99']:.1f}",
         "predicted (ms)": f"{service['predicted_latency_ms']:.1f}",
-        "SLO (ms)": f"{service['slo_ms']:.1f}", "accuracy": f"{service['accuracy']:.3f}",
+        "SLO (ms)": f"{service['slo_ms']:.1f}",
+        "requests within the SLO (goal)": f"{service['slo_attainment']:.1%} ({service['slo_percentile']:g} %)",
+        "latency p95 (ms)": f"{service['latency_ms_p95']:.1f}", "accuracy": f"{service['accuracy']:.3f}",
         "cost per hour (before → after)": f"{summary['cost_per_hour_before']:.3f} → {summary['cost_per_hour']:.3f}",
         "re-plans": summary["replans"],
         "mean split (before → after)": f"{summary['mean_split_before']:g} → {summary['mean_split_after']:g}",
@@ -313,10 +318,12 @@ def print_summary(console: Any, summary: dict) -> None:
 
     for service in summary["services"]:
         table = Table(title=f"service {service['name']}")
-        for column in ("SLO ms", "predicted ms", "p50 ms", "p99 ms", "p50/pred", "accuracy", "cost $/h", "re-plans"):
+        for column in ("SLO ms", "within SLO", "predicted ms", "p50 ms", "p95 ms", "p99 ms", "p50/pred", "accuracy",
+                       "cost $/h", "re-plans"):
             table.add_column(column, justify="right")
-        table.add_row(f"{service['slo_ms']:.1f}", f"{service['predicted_latency_ms']:.1f}",
-                      f"{service['latency_ms_p50']:.1f}", f"{service['latency_ms_p99']:.1f}",
+        table.add_row(f"{service['slo_ms']:.1f}", f"{service['slo_attainment']:.1%}",
+                      f"{service['predicted_latency_ms']:.1f}", f"{service['latency_ms_p50']:.1f}",
+                      f"{service['latency_ms_p95']:.1f}", f"{service['latency_ms_p99']:.1f}",
                       f"{service['latency_ms_p50'] / service['predicted_latency_ms']:.2f}",
                       f"{service['accuracy']:.3f}", f"{service['cost_per_hour']:.3f}", str(service["replans"]))
         print_table(table, console)

@@ -197,6 +197,8 @@ class Service(_Strict):
     model: str
     slo_ms: float = Field(gt=0, description="Latency SLO per request, ms.")
     min_accuracy: float = Field(0.0, ge=0, le=1, description="Request-weighted accuracy floor.")
+    slo_percentile: float = Field(99.0, gt=0, le=100, description="Share of requests (%) that must finish within "
+                                  "slo_ms; measured live as the service's SLO attainment.")
 
 
 class Spec(_Strict):

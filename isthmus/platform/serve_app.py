@@ -394,13 +394,15 @@ class _Metrics:
     """Prometheus metrics of one deployment through ray.util.metrics (exported by every node's Ray agent).
 
     isthmus_requests_total, isthmus_errors_total (counters), isthmus_latency_ms and
-    isthmus_batch_size (histograms); tags: deployment, site, model_version.
+    isthmus_batch_size (histograms); tags: deployment, site, model_version, service. The ingress also counts
+    isthmus_slo_met_total{service}: requests answered within the service's slo_ms, so
+    isthmus_slo_met_total / isthmus_requests_total{deployment="isthmus-ingress"} is its SLO attainment.
     """
 
     def __init__(self, deployment: str):
         from ray.util import metrics
 
-        tags = ("deployment", "site", "model_version")
+        tags = ("deployment", "site", "model_version", "service")
         self.deployment = deployment
         self.requests = metrics.Counter("isthmus_requests_total", "Requests handled.", tag_keys=tags)
         self.errors = metrics.Counter("isthmus_errors_total", "Requests that failed.", tag_keys=tags)
@@ -408,14 +410,20 @@ class _Metrics:
                                          boundaries=_LATENCY_BOUNDARIES_MS, tag_keys=tags)
         self.batch = metrics.Histogram("isthmus_batch_size", "Rows per request sent on.",
                                        boundaries=_BATCH_BOUNDARIES, tag_keys=tags)
+        self.slo_met = metrics.Counter("isthmus_slo_met_total", "Requests answered within their service's SLO.",
+                                       tag_keys=("service",))
 
-    def observe(self, site: str, version: str, latency_ms: float, batch: int, ok: bool) -> None:
-        tags = {"deployment": self.deployment, "site": site, "model_version": version}
+    def observe(self, site: str, version: str, latency_ms: float, batch: int, ok: bool, service: str = "") -> None:
+        tags = {"deployment": self.deployment, "site": site, "model_version": version, "service": service}
         self.requests.inc(1, tags=tags)
         if not ok:
             self.errors.inc(1, tags=tags)
         self.latency.observe(latency_ms, tags=tags)
         self.batch.observe(batch, tags=tags)
+
+    def observe_slo(self, service: str, met: bool) -> None:
+        if met:
+            self.slo_met.inc(1, tags={"service": service})
 
 
 def _span(name: str, context: Any = None, kind: str = "INTERNAL", attributes: dict | None = None):
@@ -523,7 +531,7 @@ class _SiteModel:
             ok = True
         finally:
             self._metrics.observe(self.site, self.version, (time.perf_counter() - start) * 1000,
-                                  int(array.shape[0]) if array.ndim else 1, ok)
+                                  int(array.shape[0]) if array.ndim else 1, ok, payload.get("service", ""))
         return {"output": output, "site": self.site, "model_version": self.version,
                 "node_id": ray.get_runtime_context().get_node_id(), "triton_ms": triton_ms}
 
@@ -664,7 +672,8 @@ class _Ingress:
                 response = None
                 try:
                     response = self._handle(entry.app).remote(
-                        {"array": array, "triton_model": entry.triton_model, "carrier": inject_traceparent()})
+                        {"array": array, "triton_model": entry.triton_model, "carrier": inject_traceparent(),
+                         "service": service})
                     reply = await asyncio.wait_for(_awaited(response),
                                                    max(self._attempt_timeout_s, 4 * entry.latency_ms / 1000))
                     break
@@ -673,7 +682,7 @@ class _Ingress:
                         response.cancel()
                     errors.append(f"{entry.site}: {type(err).__name__}: {str(err)[:200]}")
                     self._metrics.observe(entry.site, entry.version, (time.perf_counter() - start) * 1000,
-                                          int(array.shape[0]), False)
+                                          int(array.shape[0]), False, service)
                     excluded.add(index)
                     if len(excluded) == len(entries):
                         self._served.add(service, (time.perf_counter() - start) * 1000, False)
@@ -681,7 +690,9 @@ class _Ingress:
                     index = router.pick(excluded)
             trace_id = f"{span.get_span_context().trace_id:032x}" if span is not None else None
         latency_ms = (time.perf_counter() - start) * 1000
-        self._metrics.observe(entry.site, entry.version, latency_ms, int(array.shape[0]), True)
+        self._metrics.observe(entry.site, entry.version, latency_ms, int(array.shape[0]), True, service)
+        slo = table.slo_ms.get(service)
+        self._metrics.observe_slo(service, slo is not None and latency_ms <= slo)
         self._served.add(service, latency_ms, True)
         return dict(reply, attempts=attempts, trace_id=trace_id, service=service, plan_version=table.plan_version)
 

@@ -181,13 +181,16 @@ def test_prometheus_metrics_per_deployment(runtime) -> None:
         # every node's agent exports on its own schedule: wait for the site deployment's own series too
         site_requests = [line for line in lines if "isthmus_requests_total" in line
                          and 'deployment="isthmus-site-cam-1-mlp-fp32"' in line]
-        if site_requests and all(any(w in line and 'site="cam-1"' in line for line in lines) for w in wanted):
+        slo_met = [line for line in lines if "isthmus_slo_met_total" in line and 'service="detect"' in line]
+        if site_requests and slo_met and all(any(w in line and 'site="cam-1"' in line for line in lines)
+                                             for w in wanted):
             break
         time.sleep(2)
     for w in wanted:
         assert any(w in line and 'site="cam-1"' in line for line in lines), (w, lines[:10], ports)
     assert site_requests and float(site_requests[0].rsplit(" ", 1)[1]) >= 1, (
         [line for line in lines if "isthmus_requests_total" in line], ports)
+    assert slo_met and float(slo_met[0].rsplit(" ", 1)[1]) >= 1, [l for l in lines if "slo_met" in l]
 
 
 def test_one_trace_spans_ingress_deployment_and_triton(runtime) -> None:

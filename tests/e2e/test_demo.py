@@ -148,8 +148,10 @@ def test_report_and_table(demo_run) -> None:
     fields = demo_run["summary"]
     for key in ("requests", "services", "cost_per_hour", "replans", "traces"):
         assert key in fields
-    for key in ("name", "slo_ms", "latency_ms_p50", "latency_ms_p99", "predicted_latency_ms", "accuracy"):
+    for key in ("name", "slo_ms", "latency_ms_p50", "latency_ms_p95", "latency_ms_p99", "predicted_latency_ms",
+                "accuracy", "slo_attainment", "slo_percentile"):
         assert key in fields["services"][0]
+    assert 0 <= fields["services"][0]["slo_attainment"] <= 1 and fields["services"][0]["slo_percentile"] == 99
 
 
 def test_the_report_renders_in_headless_chromium(demo_run, tmp_path) -> None:

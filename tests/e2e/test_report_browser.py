@@ -40,7 +40,7 @@ def _synthetic_report(out: Path) -> Path:
         latency = (33.0 if t_s < 10.0 else 46.0) if raw else 36.0
         state.samples.append(_Sample(agent="a", t_s=t_s, latency_ms=latency + (i % 7) * 0.3, ok=True,
                                      split=-1 if raw else 14, correct=i % 10 != 0))
-    spec = SimpleNamespace(services=[SimpleNamespace(name="digits", slo_ms=40.0)])
+    spec = SimpleNamespace(services=[SimpleNamespace(name="digits", slo_ms=40.0, slo_percentile=99.0)])
     traces = {"file": "traces.jsonl", "count": 200, "complete": 200, "complete_to_triton_client": 200,
               "min_spans": 6, "hops": ["edge_agent", "ingress", "deployment", "triton"], "missing_hops": {}}
     out.mkdir(parents=True, exist_ok=True)

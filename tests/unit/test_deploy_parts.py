@@ -111,3 +111,12 @@ def test_a_rate_beyond_a_pools_capacity_is_named_even_below_the_drift_threshold(
     assert over_capacity(plan, spec, {"cams": 19.9}) == []
     assert over_capacity(plan, spec, {"cams": 20.5}) == ["us-east/c/m/v"]
     assert over_capacity(plan, spec, {}) == []            # the spec's own 10 rps
+
+
+def test_slo_percentile_defaults_to_99_and_must_be_a_share() -> None:
+    from isthmus.spec import SpecError
+
+    assert parse_spec(SPEC).services[0].slo_percentile == 99.0
+    bad = dict(SPEC, services=[dict(SPEC["services"][0], slo_percentile=0)])
+    with pytest.raises(SpecError, match=r"services\[0\]\.slo_percentile"):
+        parse_spec(bad)
