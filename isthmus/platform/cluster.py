@@ -49,7 +49,7 @@ def _local_serve_ports() -> dict[str, str]:
 
     names = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
              "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT")
-    return {name: str(free_port()) for name in names}
+    return {name: str(free_port(late_bound=True)) for name in names}
 
 
 class ClusterError(RuntimeError):

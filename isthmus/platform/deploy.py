@@ -285,7 +285,7 @@ def _bring_up(spec: Spec, plan: Plan, models: dict[str, list[dict]], state: dict
                               "node per site with resources region:<site> (the Terraform modules do), or drop the "
                               "sites from the spec")
         _write_state(state_dir, state)
-    http_port, grpc_port = free_port(), free_port()
+    http_port, grpc_port = free_port(late_bound=True), free_port(late_bound=True)   # bound by Serve, later
     endpoints = {"http": f"http://127.0.0.1:{http_port}", "grpc": f"127.0.0.1:{grpc_port}"}
     state["endpoints"] = endpoints
     _write_state(state_dir, state)

@@ -248,27 +248,33 @@ def find_tritonserver() -> Path:
 
 
 # Ports handed out by free_port: above Ray's default worker ports (10002-19999), below Serve's direct-ingress HTTP
-# ports (from 30000, taken in order) and the kernel's ephemeral range.
-_FREE_PORTS = (20000, 30000)
+# ports (from 30000, taken in order) and the kernel's ephemeral range. Ports bound at once come from the first
+# range, ports bound later by someone else (Serve's ingress and HAProxy listeners) from the second, so a port
+# chosen for Serve cannot be handed to a Triton server before Serve binds it.
+_FREE_PORTS = (20000, 29000)
+_LATE_BOUND_PORTS = (29000, 30000)
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago, drawn at random from `_FREE_PORTS` (below the kernel's
-    ephemeral range).
+def free_port(late_bound: bool = False) -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago, drawn at random from `_FREE_PORTS` (or, for a port that
+    another process binds later, `_LATE_BOUND_PORTS`), below the kernel's ephemeral range.
 
     A port is often bound well after it is chosen (Serve's fallback proxy binds its port when Serve starts, minutes
     after the cluster picked it). Ports from the ephemeral range can meanwhile be taken by any of the port-0 binds
     Ray's processes make (seen in a fresh-clone CI run: "Failed to bind to address [::]:42431"); ports below it
-    are only taken by explicit binds. Where the range cannot be read or leaves no room, the OS picks (port 0)."""
+    are only taken by explicit binds — and one of those, a Triton server's, took the port a deploy had chosen for
+    Serve's ingress before HAProxy bound it (another fresh-clone run), hence the separate late-bound range. Where
+    the range cannot be read or leaves no room, the OS picks (port 0)."""
     import random
 
+    low, high = _LATE_BOUND_PORTS if late_bound else _FREE_PORTS
     try:
-        high = min(_FREE_PORTS[1], int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]))
+        high = min(high, int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]))
     except (OSError, ValueError, IndexError):
         high = 0
     rng = random.SystemRandom()
-    for _ in range(64 if high > _FREE_PORTS[0] else 0):
-        port = rng.randrange(_FREE_PORTS[0], high)
+    for _ in range(64 if high > low else 0):
+        port = rng.randrange(low, high)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind(("127.0.0.1", port))

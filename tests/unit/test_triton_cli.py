@@ -48,7 +48,7 @@ def test_missing_or_corrupt_file_exit_2(tmp_path: Path) -> None:
 def test_free_port_is_bindable_and_outside_the_ephemeral_range() -> None:
     import socket
 
-    from isthmus.platform.triton import _FREE_PORTS, free_port
+    from isthmus.platform.triton import _FREE_PORTS, _LATE_BOUND_PORTS, free_port
 
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     ports = [free_port() for _ in range(20)]
@@ -57,6 +57,9 @@ def test_free_port_is_bindable_and_outside_the_ephemeral_range() -> None:
     for port in ports[:3]:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", port))
+    late = [free_port(late_bound=True) for _ in range(20)]   # Serve's ports: never handed to a Triton server
+    if low > _LATE_BOUND_PORTS[0]:
+        assert all(_LATE_BOUND_PORTS[0] <= p < _LATE_BOUND_PORTS[1] for p in late) and not set(late) & set(ports)
 
 
 @pytest.mark.parametrize("make", ["text", "state_dict", "wrong_shape"])
