@@ -515,14 +515,9 @@ class _Deployment:
             raise DemoError(str(err)) from None
 
     def optimizer(self) -> Any:
-        import json as _json
+        from isthmus.platform.deploy import connect_optimizer
 
-        import ray
-
-        state = _json.loads((self.work / "deployment.json").read_text())
-        if not ray.is_initialized():
-            ray.init(address=state["address"], namespace="isthmus", log_to_driver=False, logging_level="ERROR")
-        return ray.get_actor(state["optimizer"], namespace="isthmus")
+        return connect_optimizer(self.work)[1]
 
     def __exit__(self, *exc: object) -> None:
         for agent in self.agents.values():

@@ -211,6 +211,12 @@ class Spec(_Strict):
     models: list[Model] = Field(default_factory=list)
     services: list[Service] = Field(default_factory=list)
 
+    def site_devices(self) -> dict[tuple[str, str], str]:
+        """(site, instance type) → device kind; an edge site's instance type is its device kind."""
+        out = {(r.name, t.name): t.device for r in self.regions for t in r.instance_types}
+        out.update({(e.name, e.device): e.device for e in self.edge_sites})
+        return out
+
     def place_names(self) -> list[str]:
         """Every place a link may name: regions, edge sites and source locations."""
         names = [r.name for r in self.regions] + [e.name for e in self.edge_sites]

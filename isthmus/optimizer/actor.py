@@ -107,7 +107,7 @@ def over_capacity(plan: Plan, spec: Spec, rates_rps: dict[str, float]) -> list[s
     drifted less than the threshold from the rate of the last re-plan."""
     source = {s.name: s.source for s in spec.services}
     rate = {s.name: rates_rps.get(s.name, s.rate_rps) for s in spec.sources}
-    devices = _site_devices(spec)
+    devices = spec.site_devices()
     versions = {f"{m.name}/{v.name}": v for m in spec.models for v in m.versions}
     model = {s.name: s.model for s in spec.services}
     load: dict[tuple, float] = {}
@@ -149,13 +149,6 @@ def measured_rates_rps(spec: Spec, stats: dict[str, dict], min_requests: int) ->
     return out
 
 
-def _site_devices(spec: Spec) -> dict[tuple[str, str], str]:
-    """(site, instance type) → device kind; an edge site's instance type is its device kind."""
-    out = {(r.name, t.name): t.device for r in spec.regions for t in r.instance_types}
-    out.update({(e.name, e.device): e.device for e in spec.edge_sites})
-    return out
-
-
 def measured_latency_ms(plan: Plan, spec: Spec, health: dict[str, dict]) -> dict[tuple[str, str, str], float]:
     """`latency_ms` telemetry from DeviceActor health reports ({site: DeviceActor.health()}).
 
@@ -166,7 +159,7 @@ def measured_latency_ms(plan: Plan, spec: Spec, health: dict[str, dict]) -> dict
     from isthmus.platform.serve_app import triton_model_name
 
     models = {s.name: s.model for s in spec.services}
-    devices = _site_devices(spec)
+    devices = spec.site_devices()
     samples: dict[tuple[str, str, str], dict[str, float]] = {}
     for route in plan.routes:
         report = health.get(route.site)
@@ -228,6 +221,11 @@ def _plain_errors():
         yield
     except SpecError as err:
         raise ValueError(str(err)) from None
+
+
+def _as_persisted(config: dict) -> dict:
+    """A Serve config as it reads back from the persisted state (JSON: tuples become lists)."""
+    return json.loads(json.dumps(config))
 
 
 def _pending_to_json(pending: dict[str, dict]) -> list[list]:
@@ -419,10 +417,10 @@ class _OptimizerActor:
 
         with self._lock:
             config = self._build_config()
-            if json.loads(json.dumps(config)) == self._config:
+            if _as_persisted(config) == self._config:
                 return None
             out = {"fleet": self._fleet.scale_out(self._plan), "rollout": rollout(self._config, config)}
-            self._config = json.loads(json.dumps(config))
+            self._config = _as_persisted(config)
             self._persist()
             return out
 
@@ -595,7 +593,7 @@ class _OptimizerActor:
             config = self._build_config()
             seconds = rollout(self._config, config)
             self.publish_agents()
-            self._config = json.loads(json.dumps(config))   # as persisted, so a restored actor returns the same
+            self._config = _as_persisted(config)   # as persisted, so a restored actor returns the same
             self._persist()
             return seconds
 
@@ -675,7 +673,7 @@ class _OptimizerActor:
                         start_retire = time.monotonic()
                         apply_serve_config(config)
                         entry["rollout"]["retire_old_s"] = time.monotonic() - start_retire
-                        self._config = json.loads(json.dumps(config))
+                        self._config = _as_persisted(config)
                         if self._fleet is not None:
                             entry["fleet"]["in"] = self._fleet.scale_in(self._plan)
             entry["seconds"] = time.monotonic() - start

@@ -163,6 +163,8 @@ def _wait_for_sites(spec: Spec, cluster: Any, added: dict[str, float], node_args
     import logging
     import time
 
+    from isthmus.platform.nodes import raylet_pids
+
     resources = site_resources(spec)
     session_dir = cluster.head_node.get_session_dir_path()
     restarts = dict.fromkeys(added, 0)
@@ -173,7 +175,7 @@ def _wait_for_sites(spec: Spec, cluster: Any, added: dict[str, float], node_args
             return
         if time.monotonic() > deadline:
             raise ClusterError(_missing_message(spec, missing))
-        raylets = _raylet_pids(session_dir)
+        raylets = raylet_pids(session_dir)
         for site in missing:
             resource = resources[site]
             pids = raylets.get(resource, []) if raylets is not None else None  # None: cannot tell, assume alive
@@ -186,31 +188,6 @@ def _wait_for_sites(spec: Spec, cluster: Any, added: dict[str, float], node_args
                 restarts[resource] += 1
                 added[resource] = _add_node(cluster, resources={resource: 1.0}, **node_args)
         time.sleep(0.2)
-
-
-def _raylet_pids(session_dir: str) -> dict[str, list[int]] | None:
-    """Custom resource → pids of the live raylets of the session in `session_dir` that carry it, read from their
-    command lines (`--static_resource_list=name,amount,name,amount,...`) in /proc; None where /proc is absent."""
-    import os
-
-    if not os.path.isdir("/proc"):
-        return None
-    out: dict[str, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
-                args = f.read().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if not args[0].endswith("raylet") or not any(session_dir in a for a in args):
-            continue
-        for a in args:
-            if a.startswith("--static_resource_list="):
-                for resource in a.split("=", 1)[1].split(",")[::2]:
-                    out.setdefault(resource, []).append(int(entry.name))
-    return out
 
 
 def _kill(pids: list[int]) -> None:

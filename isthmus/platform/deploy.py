@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from isthmus.spec import Plan, Spec
 
-__all__ = ["DeployError", "DEFAULT_STATE_DIR", "deploy", "status", "down", "triton_models"]
+__all__ = ["DeployError", "DEFAULT_STATE_DIR", "deploy", "status", "down", "connect_optimizer", "triton_models"]
 
 DEFAULT_STATE_DIR = Path.home() / ".isthmus" / "deploy"
 STATE_FILE = "deployment.json"
@@ -274,10 +274,10 @@ def _bring_up(spec: Spec, plan: Plan, models: dict[str, list[dict]], state: dict
             state.pop("address")
             raise DeployError(f"cannot connect to Ray at {address!r}: {str(err).splitlines()[0]}. To fix: pass the "
                               "head's GCS address (HOST:6379) of a running cluster") from None
-        planned_sites = Spec.model_validate(spec.model_dump())
-        planned_sites.regions = [r for r in spec.regions if any(i.site == r.name for i in plan.instances)]
-        planned_sites.edge_sites = [e for e in spec.edge_sites if any(i.site == e.name for i in plan.instances)]
-        missing = missing_sites(planned_sites, ray.nodes())
+        planned = {i.site for i in plan.instances}
+        missing = missing_sites(spec.model_copy(update={
+            "regions": [r for r in spec.regions if r.name in planned],
+            "edge_sites": [e for e in spec.edge_sites if e.name in planned]}), ray.nodes())
         if missing:
             _disconnect()
             state.pop("address")
@@ -334,9 +334,9 @@ def _replans(history: list[dict], limit: int = 10) -> list[dict]:
     return out[-limit:]
 
 
-def status(state_dir: str | Path = DEFAULT_STATE_DIR, window_s: float = 30.0) -> dict[str, Any]:
-    """The running deployment: plan version and $/h, endpoints, per pool planned vs running instances, per
-    service the ingress's measured rate, p50/p99 and SLO attainment over `window_s`, the last re-plans."""
+def connect_optimizer(state_dir: str | Path = DEFAULT_STATE_DIR) -> tuple[dict[str, Any], Any]:
+    """Connect this process to the deployment in `state_dir`; returns (its state, its OptimizerActor handle).
+    The caller disconnects (`ray.shutdown()`) when done."""
     import ray
 
     state_dir = Path(state_dir).resolve()
@@ -346,12 +346,21 @@ def status(state_dir: str | Path = DEFAULT_STATE_DIR, window_s: float = 30.0) ->
                           "--state-dir it used")
     try:
         _connect(state)
-        optimizer = ray.get_actor(state["optimizer"], namespace=_NAMESPACE)
+        return state, ray.get_actor(state["optimizer"], namespace=_NAMESPACE)
     except Exception as err:  # noqa: BLE001 - the head is gone, or the actor is
         _disconnect()
         raise DeployError(f"the deployment in {state_dir} does not answer ({type(err).__name__}: "
                           f"{str(err).splitlines()[0][:200]}). To fix: `isthmus down --state-dir {state_dir}`, "
                           "then deploy again") from None
+
+
+def status(state_dir: str | Path = DEFAULT_STATE_DIR, window_s: float = 30.0) -> dict[str, Any]:
+    """The running deployment: plan version and $/h, endpoints, per pool planned vs running instances, per
+    service the ingress's measured rate, p50/p99 and SLO attainment over `window_s`, the last re-plans."""
+    import ray
+
+    state_dir = Path(state_dir).resolve()
+    state, optimizer = connect_optimizer(state_dir)
     try:
         plan = Plan.model_validate(ray.get(optimizer.plan.remote(), timeout=60))
         fleet = ray.get(optimizer.fleet_status.remote(), timeout=60)

@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from isthmus.platform.nodes import NODE_PREFIX, LocalNodes, node_ids
+from isthmus.platform.nodes import NODE_PREFIX, LocalNodes
 from isthmus.platform.serve_app import (DEVICE_NAMESPACE, device_actor_name, pool_resource, site_app_name,
                                         site_resource)
 from isthmus.spec import Plan, Spec
@@ -44,14 +44,6 @@ def planned_pools(plan: Plan) -> dict[Pool, int]:
             key = (inst.site, inst.instance_type, model, version)
             out[key] = out.get(key, 0) + inst.count
     return out
-
-
-def _device_kind(spec: Spec, site: str, instance_type: str) -> str:
-    for region in spec.regions:
-        for itype in region.instance_types:
-            if region.name == site and itype.name == instance_type:
-                return itype.device
-    return next((e.device for e in spec.edge_sites if e.name == site), instance_type)
 
 
 class InstanceFleet:
@@ -129,7 +121,7 @@ class InstanceFleet:
     def _emulation(self, site: str, itype: str, model: str, version: str, triton: dict) -> dict[str, float]:
         """emulate_latency_ms / emulate_ms_per_row of one Triton model on the pool's device kind: the version's
         latency_ms and 1000/capacity_rps, or a split tail's tail_ms (the tail's split is in its name)."""
-        device = _device_kind(self.spec, site, itype)
+        device = self.spec.site_devices().get((site, itype), itype)
         spec_version = next(v for v in self.spec.model(model).versions if v.name == version)
         latency = spec_version.latency_ms.get(device, 0.0)
         per_row = 1000.0 / spec_version.capacity(device) if latency else 0.0
@@ -203,7 +195,7 @@ class InstanceFleet:
                 device = DeviceActor.options(
                     name=device_actor_name(pool[0], node_id), namespace=DEVICE_NAMESPACE, lifetime="detached",
                     scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-                ).remote(pool[0], _device_kind(self.spec, pool[0], pool[1]), self._models_for(plan, pool),
+                ).remote(pool[0], self.spec.site_devices().get(pool[:2], pool[1]), self._models_for(plan, pool),
                          workdir=str(self.workdir / name), trace_config=self.trace_config,
                          start_timeout_s=self.start_timeout_s)
                 starting.append(device.start.remote())
@@ -264,9 +256,3 @@ def _replica_nodes() -> dict[str, set[str]]:
             out.setdefault(app, set()).add(info["Address"]["NodeID"])
     return out
 
-
-def node_names() -> dict[str, str]:
-    """Node name → id of the deployment's alive nodes."""
-    import ray
-
-    return node_ids(ray.nodes())

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["NodeError", "LocalNodes", "temp_dir", "node_resource", "processes", "kill_processes"]
+__all__ = ["NodeError", "LocalNodes", "temp_dir", "node_resource", "processes", "raylet_pids", "kill_processes"]
 
 NODE_PREFIX = "isthmus-node:"
 _OBJECT_STORE_BYTES = 80 * 1024 * 1024
@@ -114,9 +114,7 @@ class LocalNodes:
 
     def remove(self, name: str, timeout_s: float = 30.0) -> None:
         """Stop node `name`: SIGTERM its raylet (which stops its workers and agents), SIGKILL after `timeout_s`."""
-        raylets = [pid for pid, args in processes(self.temp) if args[0].endswith("raylet") and any(
-            a.startswith("--static_resource_list=") and node_resource(name) in a.split("=", 1)[1].split(",")[::2]
-            for a in args)]
+        raylets = (raylet_pids(self.temp) or {}).get(node_resource(name), [])
         table = _process_table()
         pids = [pid for pid in table if pid in raylets or table[pid][0] in raylets]   # its workers and agents too
         kill_processes(pids, timeout_s)
@@ -150,6 +148,22 @@ def processes(marker: str) -> list[tuple[int, list[str]]]:
                 found.add(child)
                 todo.append(child)
     return [(pid, table[pid][1]) for pid in sorted(found)]
+
+
+def raylet_pids(marker: str) -> dict[str, list[int]] | None:
+    """Custom resource → pids of the live raylets whose command line mentions `marker` (a session or temp dir)
+    and carries the resource (`--static_resource_list=name,amount,name,amount,...`); None where /proc is absent."""
+    if not os.path.isdir("/proc"):
+        return None
+    out: dict[str, list[int]] = {}
+    for pid, (_, args) in _process_table().items():
+        if not args[0].endswith("raylet") or not any(marker in a for a in args):
+            continue
+        for a in args:
+            if a.startswith("--static_resource_list="):
+                for resource in a.split("=", 1)[1].split(",")[::2]:
+                    out.setdefault(resource, []).append(pid)
+    return out
 
 
 def _process_table() -> dict[int, tuple[int, list[str]]]:

@@ -18,6 +18,7 @@ ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from isthmus.platform import cluster as cluster_mod  # noqa: E402
+from isthmus.platform.nodes import raylet_pids  # noqa: E402
 from isthmus.spec import parse_spec  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -35,7 +36,7 @@ def head():
 
 
 def _raylets(head: Cluster, resource: str) -> list[int]:
-    return cluster_mod._raylet_pids(head.head_node.get_session_dir_path()).get(resource, [])
+    return raylet_pids(head.head_node.get_session_dir_path()).get(resource, [])
 
 
 def test_sites_without_a_node_are_named_with_the_fix(head):

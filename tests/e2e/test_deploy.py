@@ -81,14 +81,6 @@ def _post(url: str, body: dict, timeout_s: float = 60) -> tuple[int, dict]:
         return err.code, json.loads(err.read() or b"{}")
 
 
-def _optimizer(state: Path):
-    import ray
-
-    deployment = json.loads((state / "deployment.json").read_text())
-    ray.init(address=deployment["address"], namespace="isthmus", logging_level="ERROR", log_to_driver=False)
-    return ray.get_actor(deployment["optimizer"], namespace="isthmus")
-
-
 def _status(state: Path) -> dict:
     result = _run("status", "--state-dir", str(state), "--json", timeout_s=120)
     assert result.returncode == 0, result.stderr
@@ -206,6 +198,8 @@ def test_measured_rate_replans_to_more_instances_without_a_failed_request(deploy
     every request of the run succeeds."""
     import ray
 
+    from isthmus.platform.deploy import connect_optimizer
+
     assert deployment["result"].returncode == 0, deployment["result"].stderr[-3000:]
     state, url = deployment["state"], deployment["status"]["endpoints"]["http"]
     rate = 1.65 * deployment["capacity"]
@@ -236,7 +230,7 @@ def test_measured_rate_replans_to_more_instances_without_a_failed_request(deploy
     driver = threading.Thread(target=drive, daemon=True)
     driver.start()
     fleet = []
-    optimizer = _optimizer(state)   # one Ray connection: an `isthmus status` process per poll costs a core
+    optimizer = connect_optimizer(state)[1]   # one Ray connection: an `isthmus status` process per poll costs a core
     try:
         while time.monotonic() - start < 80:
             fleet = ray.get(optimizer.fleet_status.remote(), timeout=60)
