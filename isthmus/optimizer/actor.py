@@ -44,7 +44,8 @@ from typing import Any
 from isthmus.spec import Plan, SolverInfo, Spec
 
 __all__ = ["OPTIMIZER_NAME", "OPTIMIZER_NAMESPACE", "OptimizerActor", "start_optimizer", "telemetry_drift",
-           "measured_latency_ms", "measured_rates_rps", "held_rates_rps", "over_capacity", "with_lost_sites", "degraded_plan"]
+           "measured_latency_ms", "measured_rates_rps", "held_rates_rps", "over_capacity", "with_lost_sites",
+           "degraded_plan"]
 
 OPTIMIZER_NAME = "isthmus-optimizer"
 OPTIMIZER_NAMESPACE = "isthmus"
@@ -528,7 +529,8 @@ class _OptimizerActor:
         for report in ray.get(control.telemetry.remote(time.time() - 120), timeout=30):
             latest[report["agent_id"]] = report
         splits = self._published.get("splits", {})
-        agents = {a: {"split": r.get("split"), "plan_version": r.get("plan_version"), "uplink_mbps": r.get("uplink_mbps"),
+        agents = {a: {"split": r.get("split"), "plan_version": r.get("plan_version"),
+                      "uplink_mbps": r.get("uplink_mbps"),
                       "acked": a in splits and r.get("plan_version", 0) >= self._published["version"]
                       and r.get("split") == splits[a]} for a, r in latest.items()}
         return {"published": dict(self._published), "agents": agents}

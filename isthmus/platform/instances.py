@@ -24,6 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from isthmus.platform.cluster import site_resources
 from isthmus.platform.nodes import NODE_PREFIX, LocalNodes
 from isthmus.platform.serve_app import (DEVICE_NAMESPACE, device_actor_name, pool_resource, site_app_name,
                                         site_resource)
@@ -61,8 +62,7 @@ class InstanceFleet:
 
     # ------------------------------------------------------------ what exists
     def _pool_of(self, resources: dict[str, float]) -> Pool | None:
-        sites = {site_resource(r.name, edge=False): r.name for r in self.spec.regions}
-        sites.update({site_resource(e.name, edge=True): e.name for e in self.spec.edge_sites})
+        sites = {resource: site for site, resource in site_resources(self.spec).items()}
         site = next((sites[r] for r in resources if r in sites), None)
         itype = next((r.split(":", 1)[1] for r in resources if r.startswith("instance:")), None)
         if site is None or itype is None:
@@ -120,7 +120,7 @@ class InstanceFleet:
 
     def _emulation(self, site: str, itype: str, model: str, version: str, triton: dict) -> dict[str, float]:
         """emulate_latency_ms / emulate_ms_per_row of one Triton model on the pool's device kind: the version's
-        latency_ms and 1000/capacity_rps, or a split tail's tail_ms (the tail's split is in its name)."""
+        latency_ms and 1000/capacity_rps, or for a split tail (its dict's `split`/`exit`) that split's tail_ms."""
         device = self.spec.site_devices().get((site, itype), itype)
         spec_version = next(v for v in self.spec.model(model).versions if v.name == version)
         latency = spec_version.latency_ms.get(device, 0.0)

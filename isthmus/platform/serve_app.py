@@ -41,10 +41,9 @@ from isthmus.spec import Plan, Spec
 
 __all__ = [
     "INGRESS_APP", "RouteEntry", "RoutingTable", "WeightedRouter", "route_groups", "routing_table", "site_app_name",
-    "pool_resource",
-    "triton_model_name", "site_resource", "serve_config", "apply_serve_config", "rollout", "ingress_app",
-    "site_app", "ServiceStats", "add_InferenceServicer_to_server", "device_actor_name", "start_site_device", "DEVICE_NAMESPACE",
-    "GRPC_SERVICER",
+    "pool_resource", "triton_model_name", "site_resource", "serve_config", "apply_serve_config", "rollout",
+    "ingress_app", "site_app", "ServiceStats", "add_InferenceServicer_to_server", "device_actor_name",
+    "start_site_device", "DEVICE_NAMESPACE", "GRPC_SERVICER",
 ]
 
 INGRESS_APP = "isthmus-ingress"
